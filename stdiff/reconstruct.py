@@ -1,0 +1,173 @@
+"""``stdiff reconstruct``: generate patches for every spot of a sample and predict expression back from them.
+
+Writes ``RUN_DIR/reconstruct/SAMPLE/``:
+``generated.npy`` uint8 (n_spots, n_per_spot, R, R, 3), ``reconstructed_expression.npy`` float32
+(n_spots, n_genes) predicted from the generated patches, ``spots.csv`` and ``settings.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .checkpoint_io import write_json_atomically
+from .prepare import load_samples, read_prepare_config
+
+logger = logging.getLogger(__name__)
+
+RECONSTRUCT_DIR = "reconstruct"
+INIT_CHOICES = ("noise", "retrieved")
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """Settings of ``stdiff reconstruct``."""
+
+    n_per_spot: int = 2
+    seed: int = 0
+    guidance_scale: float = 2.0
+    num_inference_steps: int = 25
+    init: str = "noise"  # "noise", or "retrieved": start from the training patch nearest in CLIP space
+    strength: float = 1.0  # share of the noise schedule applied to the retrieved start patch
+    k_neighbors: int = 10  # training spots averaged to predict expression from a generated patch
+
+    def __post_init__(self) -> None:
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}.")
+        if self.init == "noise" and self.strength != 1.0:
+            raise ValueError("strength applies only with init='retrieved'; leave it at 1.0 for init='noise'.")
+
+
+def retrieve_training_patches(pipeline, expression: np.ndarray, train_patches: np.ndarray) -> np.ndarray:
+    """Return, for each expression vector, the training patch whose image embedding is nearest to its
+    expression embedding in CLIP space (uint8, (N, R, R, 3))."""
+    similarity = pipeline.embed_expression(expression) @ pipeline.reference["image_embeds"].numpy().T
+    return np.asarray(train_patches[np.argmax(similarity, axis=1)])
+
+
+def reconstruct_spots(
+    pipeline, expression: np.ndarray, config: ReconstructConfig, *, train_patches: np.ndarray | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate patches for each expression vector and predict expression back from them.
+
+    Returns
+    -------
+    generated
+        uint8 (n_spots, n_per_spot, R, R, 3).
+    reconstructed
+        float32 (n_spots, n_genes): expression predicted from each generated patch, averaged over a spot's
+        patches.
+    """
+    init_patches = None
+    if config.init == "retrieved":
+        if train_patches is None:
+            raise ValueError("init='retrieved' needs the training patches (train_patches).")
+        init_patches = retrieve_training_patches(pipeline, expression, train_patches)
+    generated = pipeline.generate(
+        expression,
+        n_per_spot=config.n_per_spot,
+        seed=config.seed,
+        guidance_scale=config.guidance_scale,
+        num_inference_steps=config.num_inference_steps,
+        init_patches=init_patches,
+        strength=config.strength,
+        progress=progress,
+    )
+    flat = generated.reshape(-1, *generated.shape[2:])
+    predicted = pipeline.predict_expression(flat, k=config.k_neighbors)
+    predicted = predicted.reshape(len(expression), config.n_per_spot, -1).mean(axis=1)
+    return generated, predicted.astype(np.float32)
+
+
+def reconstruct(
+    run_dir: str | Path,
+    config: ReconstructConfig = ReconstructConfig(),
+    *,
+    samples: Sequence[str] | None = None,
+    pipeline=None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Generate patches and reconstructed expression for ``samples`` (default: the run's evaluation samples).
+
+    Resumable: a sample already reconstructed with the same settings is skipped.
+    """
+    from .pipeline import StdiffPipeline
+
+    run_dir = Path(run_dir)
+    prepare_config, _ = read_prepare_config(run_dir)
+    samples = list(samples) if samples else list(prepare_config.eval_samples)
+    if not samples:
+        raise ValueError("No samples to reconstruct: pass --samples or prepare the run with --eval-samples.")
+    pipeline = pipeline or StdiffPipeline.from_pretrained(run_dir)
+    train_patches = None
+    written = {}
+    for name in samples:
+        out = run_dir / RECONSTRUCT_DIR / name
+        settings_path = out / "settings.json"
+        if settings_path.is_file() and not overwrite:
+            if json.loads(settings_path.read_text()) == dataclasses.asdict(config):
+                logger.info("%s already reconstructed, skipping", name)
+                written[name] = out
+                continue
+        data = load_samples(run_dir, [name])
+        if config.init == "retrieved" and train_patches is None:
+            train_patches = load_samples(run_dir, prepare_config.train_samples).patches
+        generated, predicted = reconstruct_spots(pipeline, data.expression, config, train_patches=train_patches)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "generated.npy", generated)
+        np.save(out / "reconstructed_expression.npy", predicted)
+        data.spots.to_csv(out / "spots.csv", index=False)
+        # settings.json is written last: its presence marks the sample as complete.
+        write_json_atomically(settings_path, dataclasses.asdict(config))
+        written[name] = out
+    return written
+
+
+def reconstruct_to_file(
+    pipeline,
+    adata,
+    path: str | Path,
+    config: ReconstructConfig = ReconstructConfig(n_per_spot=1),
+    *,
+    chunk_size: int = 16,
+    callback=None,
+) -> Path:
+    """Reconstruct every spot of ``adata`` and write ``path`` (npz) for the app's heatmaps.
+
+    The file holds ``barcodes``, ``reconstructed`` (float32 (n_spots, n_genes), in ``pipeline.genes`` order),
+    ``genes`` and ``settings`` (JSON). ``callback(done, total)`` is called after each chunk of spots; the
+    result equals a single call because patch seeds depend only on the spot's position.
+    """
+    import os
+
+    from .expression import expression_matrix
+
+    if config.init != "noise":
+        raise ValueError("reconstruct_to_file supports init='noise' only: a model folder has no training patches.")
+    path = Path(path)
+    expression = expression_matrix(adata, pipeline.gene_set)
+    predicted = []
+    for start in range(0, len(expression), chunk_size):
+        chunk = expression[start : start + chunk_size]
+        chunk_config = dataclasses.replace(config, seed=config.seed + start * config.n_per_spot)
+        predicted.append(reconstruct_spots(pipeline, chunk, chunk_config, progress=False)[1])
+        if callback is not None:
+            callback(min(start + chunk_size, len(expression)), len(expression))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez_compressed(
+        tmp,
+        barcodes=adata.obs_names.to_numpy().astype(str),
+        reconstructed=np.concatenate(predicted) if predicted else np.zeros((0, len(pipeline.genes)), np.float32),
+        genes=np.asarray(pipeline.genes),
+        settings=json.dumps(dataclasses.asdict(config)),
+    )
+    os.replace(tmp, path)
+    return path

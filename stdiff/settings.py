@@ -1,0 +1,62 @@
+"""Locations of data, pretrained weights and models, read from environment variables.
+
+``STDIFF_DATA_DIR``
+    Folder of samples, one Space Ranger ``outs``-like folder each. When unset, ``./data`` is used if it
+    exists, else ``../shared/data`` next to the project folder.
+``STDIFF_WEIGHTS_DIR``
+    Folder with pretrained weights in subfolders ``taef2/``, ``lpips_alexnet/`` and
+    ``efficientnet_lite0/``. When unset, ``../shared/weights`` next to the project folder is used if it
+    exists. Weights that are not found locally are downloaded from their public source on first use.
+``STDIFF_MODEL_DIR``
+    Trained model folder the app loads. Defaults to ``models/demo`` in the project folder.
+``STDIFF_OFFLINE``
+    When set to ``1``, any download raises an error instead. Tests and CI set it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _first_existing(*candidates: Path) -> Path | None:
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def data_dir() -> Path:
+    """Return the folder the app lists samples from."""
+    if os.environ.get("STDIFF_DATA_DIR"):
+        return Path(os.environ["STDIFF_DATA_DIR"]).expanduser()
+    found = _first_existing(Path.cwd() / "data", PROJECT_DIR / "data", PROJECT_DIR.parent / "shared" / "data")
+    return found if found is not None else Path.cwd() / "data"
+
+
+def weights_dir() -> Path | None:
+    """Return the local pretrained-weights folder, or None when there is none."""
+    if os.environ.get("STDIFF_WEIGHTS_DIR"):
+        return Path(os.environ["STDIFF_WEIGHTS_DIR"]).expanduser()
+    return _first_existing(PROJECT_DIR.parent / "shared" / "weights")
+
+
+def model_dir() -> Path:
+    """Return the trained model folder the app loads by default."""
+    if os.environ.get("STDIFF_MODEL_DIR"):
+        return Path(os.environ["STDIFF_MODEL_DIR"]).expanduser()
+    return PROJECT_DIR / "models" / "demo"
+
+
+def offline() -> bool:
+    """Return True when downloads are forbidden (``STDIFF_OFFLINE=1``)."""
+    return os.environ.get("STDIFF_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
+
+
+def cache_dir() -> Path:
+    """Return the folder for downloaded weights and unpacked uploads (``STDIFF_CACHE_DIR``)."""
+    if os.environ.get("STDIFF_CACHE_DIR"):
+        return Path(os.environ["STDIFF_CACHE_DIR"]).expanduser()
+    return Path.home() / ".cache" / "stdiff"

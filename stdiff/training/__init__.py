@@ -1,0 +1,1 @@
+"""Training loops for the contrastive model and the latent diffusion model, run through Accelerate."""

@@ -1,0 +1,20 @@
+"""Reconstruct a whole sample from the app, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from stdiff.reconstruct import reconstruct_to_file
+
+
+def run_reconstruction(pipeline, adata, path: Path) -> None:
+    """Generate one patch per spot, predict expression from it and store the result at ``path``."""
+    bar = st.progress(0.0, text="Generating patches…")
+
+    def update(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Generating patches… {done} of {total} spots")
+
+    reconstruct_to_file(pipeline, adata, path, callback=update)
+    bar.empty()
