@@ -44,7 +44,9 @@ def extract_patches(
         )
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     out = np.empty((len(xy), resolution, resolution, 3), dtype=np.uint8)
+    # Spots are cut top to bottom, left to right, so neighbours reuse the image tiles that TissueImage decoded.
+    order = np.lexsort((xy[:, 0], xy[:, 1]))
     for start in tqdm(range(0, len(xy), batch_size), desc="patches", unit="batch", leave=False):
-        stop = min(start + batch_size, len(xy))
-        out[start:stop] = image.crop_many(xy[start:stop], size=patch_size, out_size=resolution)
+        batch = order[start : start + batch_size]
+        out[batch] = image.crop_many(xy[batch], size=patch_size, out_size=resolution)
     return out

@@ -142,7 +142,13 @@ class StdiffPipeline:
         cond = cond.repeat_interleave(n_per_spot, dim=0)
         init = None
         if init_patches is not None:
-            init = self.encode_patches(np.asarray(init_patches)).repeat_interleave(n_per_spot, dim=0)
+            init_patches = np.asarray(init_patches)
+            if init_patches.shape != (n_spots, self.resolution, self.resolution, 3):
+                raise ValueError(
+                    f"init_patches must have shape ({n_spots}, {self.resolution}, {self.resolution}, 3), one patch "
+                    f"per expression row, got {init_patches.shape}."
+                )
+            init = self.encode_patches(init_patches).repeat_interleave(n_per_spot, dim=0)
         res = self.resolution
         out = np.empty((n_spots * n_per_spot, res, res, 3), dtype=np.uint8)
         from tqdm.auto import tqdm

@@ -11,6 +11,9 @@
     Trained model folder the app loads. Defaults to ``models/demo`` in the project folder.
 ``STDIFF_OFFLINE``
     When set to ``1``, any download raises an error instead. Tests and CI set it.
+``STDIFF_UPLOAD_MAX_BYTES``, ``STDIFF_UPLOAD_MAX_FILES``
+    Caps on the unpacked size (bytes, default 20 GiB) and number of entries (default 10,000) of an archive
+    uploaded in the app.
 """
 
 from __future__ import annotations
@@ -60,3 +63,49 @@ def cache_dir() -> Path:
     if os.environ.get("STDIFF_CACHE_DIR"):
         return Path(os.environ["STDIFF_CACHE_DIR"]).expanduser()
     return Path.home() / ".cache" / "stdiff"
+
+
+# Caps on browser uploads, checked while an archive is unpacked (see stdiff.io.archive).
+UPLOAD_MAX_BYTES_DEFAULT = 20 * 1024**3
+UPLOAD_MAX_FILES_DEFAULT = 10_000
+
+
+def _positive_int_from_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ValueError(f"{name}={value!r} is invalid; set it to a positive whole number or unset it ({default}).")
+    return number
+
+
+def upload_max_bytes() -> int:
+    """Return the largest total unpacked size of an uploaded archive, in bytes (``STDIFF_UPLOAD_MAX_BYTES``).
+
+    Defaults to 20 GiB.
+    """
+    return _positive_int_from_env("STDIFF_UPLOAD_MAX_BYTES", UPLOAD_MAX_BYTES_DEFAULT)
+
+
+def upload_max_files() -> int:
+    """Return the largest number of entries in an uploaded archive (``STDIFF_UPLOAD_MAX_FILES``, default 10,000)."""
+    return _positive_int_from_env("STDIFF_UPLOAD_MAX_FILES", UPLOAD_MAX_FILES_DEFAULT)
+
+
+def uploads_dir() -> Path:
+    """Return the folder that uploaded archives are unpacked into, one subfolder per content hash."""
+    return cache_dir() / "uploads"
+
+
+def runs_dir() -> Path:
+    """Return the jobs root of the app's Train page (``STDIFF_RUNS_DIR``, default ``runs`` in the project folder).
+
+    Run folders are created in it, and background jobs keep their logs in its ``jobs/`` subfolder.
+    """
+    if os.environ.get("STDIFF_RUNS_DIR"):
+        return Path(os.environ["STDIFF_RUNS_DIR"]).expanduser()
+    return PROJECT_DIR / "runs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import streamlit as st
 from stdiff import settings
 
 from .loaders import list_sample_folders, load_pipeline, load_sample
+from .upload import upload_sample_widget
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,14 +27,30 @@ class Selection:
     model_error: str | None
 
 
-def choose_sample_and_model() -> Selection:
-    """Draw the sidebar and return the selection, or stop the page with a message when nothing can load."""
+SIDEBAR_KEYS = ("sidebar_data_dir", "sidebar_sample", "sidebar_model_dir")
+
+
+def choose_sample_and_model(page_title: str) -> Selection:
+    """Set up the page, draw the sidebar and return the selection.
+
+    Stops the page with a message when no sample can be read. Every page calls this first.
+    """
+    st.set_page_config(page_title=f"{page_title} · stdiff", page_icon="🔬", layout="wide")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Streamlit forgets a widget's value when a page without it runs; writing the values back keeps the
+    # sidebar choices when the user moves between pages.
+    for key in SIDEBAR_KEYS:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     st.sidebar.header("Data")
     data_dir = st.sidebar.text_input(
         "Data folder", value=str(settings.data_dir()), key="sidebar_data_dir",
         help="Folder with one Space Ranger output folder per sample (STDIFF_DATA_DIR).",
     )
+    uploaded = upload_sample_widget()
     folders = list_sample_folders(data_dir) if Path(data_dir).is_dir() else []
+    if uploaded:
+        folders = [uploaded, *[folder for folder in folders if folder != uploaded]]
     if not folders:
         st.info(f"No samples found in `{data_dir}`. Each sample needs a `spatial/` folder and a count matrix. "
                 "Set the data folder in the sidebar or the STDIFF_DATA_DIR environment variable.")
@@ -49,6 +69,14 @@ def choose_sample_and_model() -> Selection:
     except (ValueError, FileNotFoundError) as error:
         st.error(f"Could not read sample `{name}`: {error}")
         st.stop()
+    except Exception as error:  # an unexpected reader failure must not leave the user with a traceback
+        logger.exception("Reading %s failed", sample_dir)
+        st.error(f"Could not read sample `{name}`: unexpected {type(error).__name__}: {error}. "
+                 "The full error is in the server log; please report it with the sample's file list.")
+        st.stop()
+    library = next(iter(adata.uns["spatial"].values()), {})
+    for message in library.get("metadata", {}).get("warnings", []):
+        st.sidebar.warning(message)
     pipeline, model_error = None, None
     try:
         pipeline = load_pipeline(model_dir)
@@ -61,5 +89,7 @@ def choose_sample_and_model() -> Selection:
             f"{len(pipeline.genes)} genes · patches of {card['patch_size']} px at full resolution, "
             f"resized to {card['resolution']} px · trained on {', '.join(card.get('train_samples', []))}"
         )
-    return Selection(sample_dir=sample_dir, model_dir=model_dir, adata=adata, pipeline=pipeline,
-                     model_error=model_error)
+    selection = Selection(sample_dir=sample_dir, model_dir=model_dir, adata=adata, pipeline=pipeline,
+                          model_error=model_error)
+    st.session_state["app_selection"] = selection
+    return selection

@@ -96,7 +96,7 @@ def test_select_top_genes_uses_only_shared_genes():
     gene_set = select_top_genes([first, second], n_genes=2)
 
     assert set(gene_set.genes) == {"a", "b"}
-    # b: log1p(500) + log1p(1000); a: log1p(500) + log1p(100).
+    # Summed over the two spots, b scores log1p(500) + log1p(1000) and a scores log1p(500) + log1p(100).
     assert gene_set.genes == ("b", "a")
 
 

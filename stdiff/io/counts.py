@@ -24,8 +24,11 @@ from stdiff.constants import (
     MTX_FEATURES,
     MTX_GENES,
     MTX_MATRIX,
+    RAW_H5,
+    RAW_MTX_DIR,
 )
 from stdiff.io.errors import VisiumReadError
+from stdiff.io.files import find_named, has_space_ranger_name
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +36,23 @@ FEATURE_TYPES_KEY = "feature_types"
 
 
 def find_counts_file(sample_dir: Path) -> Path | None:
-    """Return the filtered count matrix of a sample: the 10x h5 file if present, else the mtx folder."""
-    h5_path = sample_dir / FILTERED_H5
-    if h5_path.is_file():
-        return h5_path
-    mtx_dir = sample_dir / FILTERED_MTX_DIR
-    if mtx_dir.is_dir():
-        return mtx_dir
+    """Return the count matrix of a sample, or None when there is none.
+
+    Searched in this order, each also with a prefix such as ``GSM5000001_`` (see :func:`find_named`):
+    ``filtered_feature_bc_matrix.h5``, ``filtered_feature_bc_matrix/``, ``raw_feature_bc_matrix.h5``,
+    ``raw_feature_bc_matrix/``. A raw matrix lists every spot of the capture area; the reader keeps the spots
+    that the position table marks as in tissue, which is how Space Ranger filters it.
+    """
+    for name, directory in ((FILTERED_H5, False), (FILTERED_MTX_DIR, True), (RAW_H5, False), (RAW_MTX_DIR, True)):
+        found = find_named(sample_dir, name, directory=directory)
+        if found is not None:
+            return found
     return None
+
+
+def is_raw_matrix(counts_path: Path) -> bool:
+    """Return True when ``counts_path`` is a raw (unfiltered) Space Ranger matrix, judged by its name."""
+    return has_space_ranger_name(counts_path, RAW_H5) or has_space_ranger_name(counts_path, RAW_MTX_DIR)
 
 
 def read_counts(counts_path: Path) -> ad.AnnData:
@@ -61,10 +73,28 @@ def read_counts(counts_path: Path) -> ad.AnnData:
         adata = _read_mtx(counts_path)
     else:
         adata = _read_h5(counts_path)
+    _check_not_empty(adata, counts_path=counts_path)
     adata.var_names_make_unique()
     if not sp.isspmatrix_csr(adata.X) or adata.X.dtype != np.float32:
         adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     return adata
+
+
+def _check_not_empty(adata: ad.AnnData, *, counts_path: Path) -> None:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise VisiumReadError(
+            f"{counts_path} contains {adata.n_obs} barcodes x {adata.n_vars} gene expression features; expected "
+            "at least one of each. The file is empty or was written without gene expression data; copy the "
+            "filtered feature-barcode matrix from the Space Ranger output again.",
+            path=counts_path,
+        )
+    nonzero = adata.X.nnz if sp.issparse(adata.X) else int(np.count_nonzero(adata.X))
+    if nonzero == 0:
+        raise VisiumReadError(
+            f"{counts_path} contains {adata.n_obs} barcodes x {adata.n_vars} genes but every count is zero. "
+            "Expected UMI counts; copy the feature-barcode matrix from the Space Ranger output again.",
+            path=counts_path,
+        )
 
 
 def read_h5_library_id(h5_path: Path) -> str | None:

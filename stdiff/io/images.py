@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
@@ -37,10 +38,35 @@ logger = logging.getLogger(__name__)
 # and are not limited.
 MAX_DECODED_PIXELS = 1_500_000_000
 TIFF_SUFFIXES = (".tif", ".tiff")
+# Decoded TIFF tiles kept per open image: about 1,300 tiles of 256 x 256 RGB pixels.
+TILE_CACHE_BYTES = 256 * 1024**2
+# Classic TIFF and BigTIFF, little- and big-endian.
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 WHITE = 255
 
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_DECODED_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS
+
+
+def is_tiff(path: Path) -> bool:
+    """Return True when ``path`` starts with a TIFF or BigTIFF signature, whatever its suffix.
+
+    The content decides, so a JPEG saved as ``.tif`` is decoded with Pillow and a TIFF saved as ``.jpg`` lazily
+    with tifffile. A file that cannot be opened falls back to its suffix, and the reader then reports it.
+    """
+    try:
+        with path.open("rb") as handle:
+            signature = handle.read(4)
+    except OSError:
+        return path.suffix.lower() in TIFF_SUFFIXES
+    return signature in TIFF_SIGNATURES
+
+
+def broken_link_note(path: Path) -> str:
+    """Return ", a symbolic link to the missing TARGET" when ``path`` is a dangling link, else ""."""
+    if path.is_symlink() and not path.exists():
+        return f", a symbolic link to the missing {path.readlink()}"
+    return ""
 
 
 def _too_large_error(path: Path, width: int, height: int) -> VisiumReadError:
@@ -106,7 +132,7 @@ def read_image_size(path: Path) -> tuple[int, int]:
     VisiumReadError
         When the file is not a readable PNG, JPEG or TIFF image.
     """
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if is_tiff(path):
         reader = _TiffReader(path)
         size = (reader.width, reader.height)
         reader.close()
@@ -194,7 +220,9 @@ class _PillowReader:
 class _TiffReader:
     """Pixels of level 0 of a TIFF file, read lazily: only the strips or tiles a crop touches are decoded.
 
-    Uncompressed contiguous images are memory-mapped; others are read through tifffile's zarr store.
+    Uncompressed contiguous images are memory-mapped. Tiled images with interleaved channels (the usual
+    layout of whole-slide and OME-TIFF files) are decoded tile by tile through :class:`_TileCache`; others are
+    read through tifffile's zarr store.
     """
 
     def __init__(self, path: Path) -> None:
@@ -243,14 +271,15 @@ class _TiffReader:
         try:
             return tifffile.memmap(self._path, mode="r")[squeeze]
         except ValueError:
-            pass  # Compressed or non-contiguous: read through the zarr store below.
+            pass  # Compressed or non-contiguous: decode tiles below.
         try:
-            import zarr
+            pixels = _TileCache.open(self._file, series, layout=self._layout[0])
+            if pixels is None:
+                import zarr
 
-            pixels = zarr.open(series.aszarr(level=0), mode="r")
-            view = _ZarrView(pixels, squeeze)
-            view[:1, :1]  # decode one tile now so a missing codec fails here, naming the file
-            return view
+                pixels = _ZarrView(zarr.open(series.aszarr(level=0), mode="r"), squeeze)
+            pixels[:1, :1]  # decode one tile now so a missing codec fails here, naming the file
+            return pixels
         except Exception as error:  # noqa: BLE001 - zarr and codec errors vary; all are reported the same way
             self._file.close()
             raise VisiumReadError(
@@ -274,6 +303,69 @@ class _TiffReader:
 
     def close(self) -> None:
         self._file.close()
+
+
+class _TileCache:
+    """Level 0 of a tiled TIFF page, sliced like an array; decoded tiles are kept up to ``TILE_CACHE_BYTES``.
+
+    Neighbouring spots share tiles, so patches cut in spatial order decode most tiles once. Tiles are read
+    from the file under a lock, because the file handle is shared.
+    """
+
+    def __init__(self, tiff_file, page) -> None:
+        self._handle = tiff_file.filehandle
+        self._page = page
+        self._tile_height, self._tile_width = page.tilelength, page.tilewidth
+        self._samples = page.samplesperpixel
+        self._tiles_across = -(-page.imagewidth // page.tilewidth)
+        self._decode = page.decode
+        tile_bytes = self._tile_height * self._tile_width * self._samples * page.dtype.itemsize
+        self._max_tiles = max(16, TILE_CACHE_BYTES // tile_bytes)
+        self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.dtype = page.dtype
+
+    @classmethod
+    def open(cls, tiff_file, series, *, layout: str) -> _TileCache | None:
+        """Return a tile cache for level 0 of ``series``, or None when its layout needs the zarr store."""
+        pages = series.levels[0].pages if series.levels else series.pages
+        if len(pages) != 1 or layout not in ("YXS", "YX"):
+            return None
+        page = pages[0]
+        if page is None or not page.is_tiled or page.imagedepth != 1 or page.planarconfig != 1:
+            return None
+        return cls(tiff_file, page)
+
+    def _tile(self, index: int) -> np.ndarray:
+        with self._lock:
+            tile = self._tiles.get(index)
+            if tile is not None:
+                self._tiles.move_to_end(index)
+                return tile
+            self._handle.seek(self._page.dataoffsets[index])
+            data = self._handle.read(self._page.databytecounts[index])
+        segment = self._decode(data, index, jpegtables=self._page.jpegtables)[0]
+        tile = segment.reshape(self._tile_height, self._tile_width, self._samples)
+        with self._lock:
+            self._tiles[index] = tile
+            while len(self._tiles) > self._max_tiles:
+                self._tiles.popitem(last=False)
+        return tile
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = key
+        top, bottom, _ = rows.indices(self._page.imagelength)
+        left, right, _ = cols.indices(self._page.imagewidth)
+        region = np.empty((max(bottom - top, 0), max(right - left, 0), self._samples), dtype=self.dtype)
+        for tile_row in range(top // self._tile_height, -(-bottom // self._tile_height)):
+            for tile_col in range(left // self._tile_width, -(-right // self._tile_width)):
+                tile = self._tile(tile_row * self._tiles_across + tile_col)
+                tile_top, tile_left = tile_row * self._tile_height, tile_col * self._tile_width
+                y0, y1 = max(top, tile_top), min(bottom, tile_top + self._tile_height)
+                x0, x1 = max(left, tile_left), min(right, tile_left + self._tile_width)
+                region[y0 - top : y1 - top, x0 - left : x1 - left] = tile[y0 - tile_top : y1 - tile_top,
+                                                                          x0 - tile_left : x1 - tile_left]
+        return region[:, :, 0] if self._samples == 1 else region
 
 
 class _ZarrView:
@@ -410,11 +502,11 @@ def _check_crop_arguments(*, size: float, out_size: int) -> None:
 def _open_fullres(path: Path) -> _RegionReader:
     if not path.is_file():
         raise VisiumReadError(
-            f"Full-resolution image {path} not found. Pass fullres_image= to read_visium with the H&E image "
-            "Space Ranger was run on, or remove the stale path.",
+            f"Full-resolution image {path} not found{broken_link_note(path)}. Pass fullres_image= to "
+            "read_visium with the H&E image Space Ranger was run on, or remove the stale path.",
             path=path,
         )
-    if path.suffix.lower() in TIFF_SUFFIXES:
+    if is_tiff(path):
         return _TiffReader(path)
     return _PillowReader(path)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from stdiff.constants import POSITION_COLUMNS, POSITIONS_PARQUET, POSITIONS_V1, POSITIONS_V2
-from stdiff.io.errors import VisiumReadError
+from stdiff.io.errors import VisiumReadError, warn
+from stdiff.io.files import find_named
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,17 @@ POSITION_FILE_NAMES = (POSITIONS_V2, POSITIONS_V1, POSITIONS_PARQUET)
 
 
 def find_positions_file(spatial_dir: Path) -> Path | None:
-    """Return the first position table found in ``spatial_dir``, or None."""
+    """Return the first position table found in ``spatial_dir``, or None.
+
+    Each name is also accepted with a prefix such as ``GSM5000001_`` and, for CSV files, gzipped (``.csv.gz``),
+    as GEO serves them.
+    """
     for name in POSITION_FILE_NAMES:
-        candidate = spatial_dir / name
-        if candidate.is_file():
-            return candidate
+        candidates = (name, f"{name}.gz") if name.endswith(".csv") else (name,)
+        for candidate in candidates:
+            found = find_named(spatial_dir, candidate)
+            if found is not None:
+                return found
     return None
 
 
@@ -53,7 +60,7 @@ def fullres_xy(positions: pd.DataFrame) -> np.ndarray:
     return np.column_stack([x, y])
 
 
-def read_positions(path: Path) -> pd.DataFrame:
+def read_positions(path: Path, *, notes: list[str] | None = None) -> pd.DataFrame:
     """Read a Space Ranger spot position table.
 
     Accepted layouts: ``tissue_positions_list.csv`` (Space Ranger 1.x, no header), ``tissue_positions.csv``
@@ -65,6 +72,8 @@ def read_positions(path: Path) -> pd.DataFrame:
     ----------
     path
         Position table file.
+    notes
+        When given, the text of every :class:`VisiumReadWarning` issued here is appended to it.
 
     Returns
     -------
@@ -80,7 +89,7 @@ def read_positions(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         table, first_line = _read_parquet(path), 0
     else:
-        table, first_line = _read_csv(path)
+        table, first_line = _read_csv(path, notes=notes)
     return _validate(table, path=path, first_line=first_line)
 
 
@@ -103,7 +112,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return table[list(POSITION_COLUMNS)].astype({column: str for column in POSITION_COLUMNS})
 
 
-def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
+def _read_csv(path: Path, *, notes: list[str] | None) -> tuple[pd.DataFrame, int]:
     """Read a position CSV as strings; return the table and the file line number of its first data row."""
     try:
         raw = pd.read_csv(
@@ -116,7 +125,9 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
         )
     except pd.errors.EmptyDataError as error:
         raise VisiumReadError(
-            f"{path} is empty. Expected one row per spot: {', '.join(POSITION_COLUMNS)}.", path=path
+            f"{path} is empty. Expected one row per spot: {', '.join(POSITION_COLUMNS)}. Copy the file again "
+            "from the Space Ranger output.",
+            path=path,
         ) from error
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise VisiumReadError(
@@ -151,11 +162,10 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, int]:
         table.columns = header
         table = table[list(POSITION_COLUMNS)]
     else:
-        logger.warning(
-            "%s has the header %s instead of %s; reading its columns in Space Ranger order.",
-            path,
-            header,
-            list(POSITION_COLUMNS),
+        warn(
+            f"{path} has the header {header} instead of {list(POSITION_COLUMNS)}; reading its columns in Space "
+            "Ranger order. Check that the coordinates land on the tissue.",
+            notes=notes,
         )
         table.columns = list(POSITION_COLUMNS)
     return table, 2
@@ -176,7 +186,11 @@ def _parse_floats(strings: pd.Series) -> np.ndarray:
 def _validate(table: pd.DataFrame, *, path: Path, first_line: int) -> pd.DataFrame:
     """Convert the string table to numbers, raising on the first bad value with its line number."""
     if table.empty:
-        raise VisiumReadError(f"{path} lists no spots; expected one row per spot.", path=path)
+        raise VisiumReadError(
+            f"{path} lists no spots, only a header. Expected one row per spot; copy the file again from the "
+            "Space Ranger output.",
+            path=path,
+        )
 
     numbers = {}
     for column in NUMERIC_COLUMNS:
@@ -202,7 +216,7 @@ def _validate(table: pd.DataFrame, *, path: Path, first_line: int) -> pd.DataFra
                 f"{table[BARCODE_COLUMN].iloc[row]!r}. Expected integers in {', '.join(INTEGER_COLUMNS)}.",
                 path=path,
             )
-    invalid_in_tissue = sorted(set(np.unique(numbers["in_tissue"])) - {0.0, 1.0})
+    invalid_in_tissue = sorted(int(value) for value in set(np.unique(numbers["in_tissue"])) - {0.0, 1.0})
     if invalid_in_tissue:
         raise VisiumReadError(
             f"{path} has in_tissue values {invalid_in_tissue[:5]}; expected only 0 or 1.",

@@ -168,14 +168,14 @@ class ClipModel(nn.Module):
         return self.encode_image(images, features=features), self.encode_expression(expression), self.scale()
 
     def save_pretrained(self, folder: str | Path, *, extra: dict | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors``; a frozen backbone is left out (it loads from its own
-        weights file)."""
+        """Write ``config.json`` and ``model.safetensors``; a frozen pretrained backbone is left out (it loads from
+        its own weights file)."""
         return save_checkpoint(folder, config=self.config, state_dict=self.trainable_state_dict(), extra=extra)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict without a frozen backbone."""
+        """State dict without a frozen pretrained backbone."""
         state = self.state_dict()
-        if self.config.freeze_backbone:
+        if _backbone_from_own_file(self.config):
             state = {k: v for k, v in state.items() if not k.startswith(_BACKBONE_PREFIX)}
         return state
 
@@ -183,6 +183,12 @@ class ClipModel(nn.Module):
     def from_pretrained(cls, folder: str | Path) -> "ClipModel":
         config, _ = read_config(folder, ClipConfig)
         model = cls(config)
-        skip = (_BACKBONE_PREFIX,) if config.freeze_backbone else ()
+        skip = (_BACKBONE_PREFIX,) if _backbone_from_own_file(config) else ()
         load_state_strict(model, read_state_dict(folder), skip_prefixes=skip)
         return model.eval()
+
+
+def _backbone_from_own_file(config: ClipConfig) -> bool:
+    """Return True when the backbone is frozen at weights that it reloads from its own file. An open_clip tower
+    starts from random weights, so it is saved with the checkpoint even when frozen."""
+    return config.freeze_backbone and config.image_tower == EFFICIENTNET_LITE0

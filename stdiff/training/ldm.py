@@ -101,7 +101,7 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache.with_suffix(".tmp.npy"), latents)
         cache.with_suffix(".tmp.npy").replace(cache)
-    latents = torch.from_numpy(np.asarray(latents)).float()
+    latents = torch.from_numpy(np.asarray(latents, dtype=np.float32))  # a writable float32 copy of the float16 cache
 
     model_config = LdmConfig(
         cond_dim=cond.shape[1],

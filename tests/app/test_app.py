@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,10 @@ def open_app() -> AppTest:
     return app.run()
 
 
+def shown_captions(app: AppTest) -> list[str]:
+    return [caption for image in app.get("image") for caption in image.captions]
+
+
 def select_sample(app: AppTest, name: str) -> AppTest:
     app.sidebar.selectbox(key="sidebar_sample").select(name).run()
     return app
@@ -41,43 +47,61 @@ def test_tissue_page_shows_generated_patches(app_env):
     barcode = spot_box.options[5]
     spot_box.select(barcode).run()
     assert not app.exception
-    images = app.get("imgs")
-    assert images, "no patches shown"
-    captions = [image.proto.imgs[i].caption for image in images for i in range(len(image.proto.imgs))]
+    captions = shown_captions(app)
     assert captions.count("Real") == 1
     assert sum(caption.startswith("Generated") for caption in captions) >= 2
     metrics = app.dataframe[0].value
     assert set(metrics["metric"]) >= {"LPIPS", "SSIM", "CLIP cosine", "PSNR (dB)"}
     assert metrics["generated 1"].notna().all()
-    assert barcode in app.caption[-1].value
+    assert any(barcode in caption.value for caption in app.main.get("caption"))
 
 
 def test_tissue_page_patch_count_control(app_env):
     app = select_sample(open_app(), "her2st-C6")
     app.sidebar.slider(key="tissue_n_patches").set_value(3).run()
     assert not app.exception
-    captions = [img.caption for image in app.get("imgs") for img in image.proto.imgs]
+    captions = shown_captions(app)
     assert sum(caption.startswith("Generated") for caption in captions) == 3
 
 
 def test_heatmaps_page_shared_scale(app_env):
+    if not (DEMO_MODEL / "reconstructions" / "her2st-C6.npz").is_file():
+        pytest.skip("the demo model ships no reconstruction of her2st-C6")
     app = select_sample(open_app(), "her2st-C6")
-    app.switch_page("pages/heatmaps.py").run()
+    app.switch_page("pages/1_Heatmaps.py").run()
     assert not app.exception
-    if app.button(key="heatmaps_run") is not None and not app.get("plotly_chart"):
-        app.button(key="heatmaps_run").click().run()
-        assert not app.exception
     charts = app.get("plotly_chart")
     assert len(charts) == 2
     gene_box = app.selectbox(key="heatmaps_gene")
-    gene_box.select(gene_box.options[2]).run()
+    gene = gene_box.options[2]
+    gene_box.select(gene).run()
     assert not app.exception
-    assert gene_box.options[2] in app.metric[0].label
+    assert gene in app.metric[0].label
+    markers = [json.loads(chart.proto.spec)["data"][0]["marker"] for chart in app.get("plotly_chart")]
+    assert markers[0]["cmin"] == markers[1]["cmin"]
+    assert markers[0]["cmax"] == markers[1]["cmax"]
+    assert markers[0]["cmin"] < markers[0]["cmax"]
+
+
+def test_heatmaps_reconstruct_button(app_env, monkeypatch, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model, ignore=shutil.ignore_patterns("reconstructions", "evaluation"))
+    monkeypatch.setenv("STDIFF_MODEL_DIR", str(model))
+    app = select_sample(open_app(), "her2st-C6")
+    app.switch_page("pages/1_Heatmaps.py").run()
+    assert not app.exception
+    assert not app.get("plotly_chart")
+    app.slider(key="heatmaps_steps").set_value(5).run()
+    app.button(key="heatmaps_run").click().run()
+    assert not app.exception
+    assert len(app.get("plotly_chart")) == 2
+    stored = list((tmp_path / "cache" / "reconstructions").glob("her2st-C6-*.npz"))
+    assert len(stored) == 1
 
 
 def test_metrics_page_lists_baselines(app_env):
     app = open_app()
-    app.switch_page("pages/metrics.py").run()
+    app.switch_page("pages/2_Metrics.py").run()
     assert not app.exception
     if not (DEMO_MODEL / "evaluation" / "metrics.json").is_file():
         assert "No evaluation" in app.info[0].value

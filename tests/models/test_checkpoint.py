@@ -18,7 +18,7 @@ from stdiff.models.clip import ClipConfig, ClipModel
 from stdiff.models.ldm import ConditionalLdm, LdmConfig
 
 N_GENES = 12
-OPENCLIP_TOWER = "openclip:ViT-S-32-alt"
+OPENCLIP_TOWER = "openclip:ViT-S-32-alt"  # a small ViT from open_clip's model list
 
 
 def small_clip(**changes) -> ClipModel:

@@ -10,7 +10,7 @@ import torch
 from stdiff.models.clip import ClipConfig, ClipModel
 
 N_GENES = 12
-OPENCLIP_TOWER = "openclip:ViT-S-32-alt"  # the smallest ViT that open_clip 3.3 lists; builds in under a second
+OPENCLIP_TOWER = "openclip:ViT-S-32-alt"  # a small ViT from open_clip's model list, built with random weights
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def test_round_trip_psnr_on_hires_crops(taef2_dir, hires_crops):
 
     assert hires_crops.std() > 20, "the crops should show tissue, not blank slide"
     # The hires image is downscaled about 5x from the scan, so nuclei are a few pixels wide and the 8x
-    # autoencoder loses some of them; a broken decoder scores below 10 dB.
+    # autoencoder loses some of them. A broken decoder scores below 10 dB.
     assert pretrained_psnr.mean() > 20, pretrained_psnr
     assert pretrained_psnr.min() > 18, pretrained_psnr
     assert untrained_psnr.mean() < 10, untrained_psnr

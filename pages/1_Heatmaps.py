@@ -6,8 +6,9 @@ import streamlit as st
 from stdiff_app.figures import background_image, tissue_figure
 from stdiff_app.loaders import load_reconstruction, reconstruction_path, sample_expression
 from stdiff_app.reconstruction import run_reconstruction
+from stdiff_app.sidebar import choose_sample_and_model
 
-selection = st.session_state["app_selection"]
+selection = choose_sample_and_model("Heatmaps")
 adata, pipeline = selection.adata, selection.pipeline
 st.title("Heatmaps")
 if pipeline is None:
@@ -17,7 +18,11 @@ if pipeline is None:
 genes = list(pipeline.genes)
 gene = st.selectbox("Gene", genes, key="heatmaps_gene",
                     help="The model's genes: the most expressed genes of its training samples.")
-measured = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
+try:
+    measured = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
+except ValueError as error:
+    st.error(f"This model cannot read the sample's expression: {error}")
+    st.stop()
 
 path = reconstruction_path(selection.model_dir, selection.sample_dir)
 reconstruction = load_reconstruction(str(path), path.stat().st_mtime) if path.is_file() else None
@@ -27,8 +32,10 @@ if reconstruction is not None and list(reconstruction["barcodes"]) != adata.obs_
 if reconstruction is None:
     st.info("This sample has no reconstruction yet: one patch is generated for every spot and expression is "
             "predicted back from it.")
+    steps = st.slider("Sampling steps (DDIM)", 5, 50, 25, 5, key="heatmaps_steps",
+                      help="Fewer steps run faster and give coarser patches.")
     if st.button("Reconstruct this sample", key="heatmaps_run", type="primary"):
-        run_reconstruction(pipeline, adata, path)
+        run_reconstruction(pipeline, adata, path, num_inference_steps=steps)
         st.rerun()
     st.stop()
 

@@ -8,8 +8,9 @@ import plotly.express as px
 import streamlit as st
 
 from stdiff.metrics import METRICS
+from stdiff_app.sidebar import choose_sample_and_model
 
-selection = st.session_state["app_selection"]
+selection = choose_sample_and_model("Metrics")
 st.title("Metrics")
 evaluation = Path(selection.model_dir) / "evaluation"
 if not (evaluation / "metrics.json").is_file():
