@@ -32,6 +32,14 @@ with st.sidebar:
     guidance = st.slider("Guidance scale", 0.0, 6.0, 2.0, 0.5, key="tissue_guidance",
                          help="0 ignores the expression, 1 uses it without guidance, higher pushes harder.")
     steps = st.slider("Sampling steps (DDIM)", 5, 50, 25, 5, key="tissue_steps")
+    start_options = ["Noise", "Retrieved training patch"] if pipeline.has_reference_latents else ["Noise"]
+    start = st.radio("Start from", start_options, key="tissue_start",
+                     help="Retrieved: the training patch nearest to the spot's expression in CLIP space, noised "
+                          "and then denoised under the spot's expression.")
+    strength = 1.0
+    if start != "Noise":
+        strength = st.slider("Strength", 0.1, 1.0, 0.6, 0.1, key="tissue_strength",
+                             help="Share of the noise schedule added to the retrieved patch; 1 ignores it.")
 
 left, right = st.columns([3, 2], gap="large")
 with left:
@@ -60,7 +68,7 @@ with right:
     patches = sample_patches(selection.sample_dir, pipeline.patch_size, pipeline.resolution)
     with st.spinner("Generating patches…"):
         generated = generate_for_spot(selection.model_dir, tuple(float(v) for v in expression[index]), n_patches,
-                                      int(seed), float(guidance), int(steps))
+                                      int(seed), float(guidance), int(steps), float(strength))
     images = [patches[index], *generated]
     captions = ["Real"] + [f"Generated {i + 1}" for i in range(len(generated))]
     st.image(images, caption=captions, width=150, output_format="PNG")

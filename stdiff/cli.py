@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("reconstruct", help="Generate patches and expression for every spot of samples.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--samples", nargs="*", help="Prepared sample names (default: the run's evaluation samples).")
+    p.add_argument("--name", help="Store a variant in RUN_DIR/reconstruct-NAME, to evaluate beside the default.")
     p.add_argument("--overwrite", action="store_true")
     _add_dataclass_options(p, ReconstructConfig)
 
@@ -109,11 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="Score reconstructions against real patches and baselines.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--samples", nargs="*")
+    p.add_argument("--variants", nargs="*", default=[],
+                   help="Named reconstructions (stdiff reconstruct --name) scored as extra methods.")
     p.add_argument("--seed", type=int, default=0)
 
     p = subparsers.add_parser("export", help="Copy a trained run into a model folder the app loads.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("model_dir", type=Path)
+    p.add_argument("--half", action="store_true",
+                   help="Store the UNet weights as float16 (half the size; they load back as float32).")
     return parser
 
 
@@ -132,6 +137,13 @@ def _run_export(args) -> None:
         (out / part).mkdir(exist_ok=True)
         for name in ("config.json", "model.safetensors"):
             shutil.copy2(run_dir / part / name, out / part / name)
+    if args.half:
+        from safetensors.torch import load_file, save_file
+
+        path = out / LDM_DIR / "model.safetensors"
+        tensors = load_file(str(path))
+        tensors = {key: value.half() if key.startswith("unet.") else value for key, value in tensors.items()}
+        save_file(tensors, str(path))
     shutil.copy2(run_dir / REFERENCE_NAME, out / REFERENCE_NAME)
     shutil.copy2(run_dir / "genes.json", out / "genes.json")
     write_json_atomically(out / MODEL_CARD, read_model_card(run_dir))
@@ -185,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             from .reconstruct import ReconstructConfig, reconstruct
 
             reconstruct(args.run_dir, _dataclass_from_args(ReconstructConfig, args), samples=args.samples,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, name=args.name)
         elif args.command == "reconstruct-sample":
             _run_reconstruct_sample(args)
         elif args.command == "evaluate":
             from .evaluate import evaluate
 
-            evaluate(args.run_dir, samples=args.samples, seed=args.seed)
+            evaluate(args.run_dir, samples=args.samples, seed=args.seed, variants=args.variants)
             logger.info("Report: %s", args.run_dir / "evaluate" / "report.md")
         elif args.command == "export":
             _run_export(args)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .checkpoint_io import write_json_atomically
 from .prepare import load_samples, read_prepare_config
-from .reconstruct import RECONSTRUCT_DIR
+from .reconstruct import reconstruction_folder
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +85,55 @@ def baseline_patches(pipeline, data, train, *, seed: int = 0) -> dict[str, np.nd
     }
 
 
+def retrieval_ranks(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank (0 = first) of ``targets[i]`` among all targets by cosine similarity to ``queries[i]`` (N,).
+
+    Both arrays are L2-normalised embeddings (N, D); ties count against the true target.
+    """
+    similarity = queries @ targets.T
+    return (similarity >= np.diag(similarity)[:, None]).sum(axis=1) - 1
+
+
+def retrieval_summary(ranks: np.ndarray) -> dict:
+    """Top-1 and top-5 accuracy and median rank, with the chance level of top-5 for comparison."""
+    n = len(ranks)
+    return {"top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),
+            "median_rank": float(np.median(ranks)), "n": n, "chance_top5": min(1.0, 5 / max(n, 1))}
+
+
+def _method_patches(run_dir: Path, name: str, variants: Sequence[str]) -> dict[str, Path]:
+    folders = {"stdiff": reconstruction_folder(run_dir, name)}
+    for variant in variants:
+        folders[f"stdiff_{variant}"] = reconstruction_folder(run_dir, name, variant)
+    for method, folder in folders.items():
+        if not (folder / "settings.json").is_file():
+            suffix = "" if method == "stdiff" else f" --name {method[len('stdiff_'):]}"
+            raise FileNotFoundError(
+                f"{name} has no reconstruction in {folder}. Run `stdiff reconstruct {run_dir}{suffix}` first."
+            )
+    return folders
+
+
 def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed: int = 0, pipeline=None,
-             k_neighbors: int = 10) -> dict:
+             k_neighbors: int = 10, variants: Sequence[str] = ()) -> dict:
     """Evaluate reconstructed samples of ``run_dir`` and write ``RUN_DIR/evaluate``.
+
+    ``variants`` names extra reconstructions (``stdiff reconstruct --name NAME``), scored as methods
+    ``stdiff_NAME``.
 
     Returns
     -------
     dict
-        ``{sample: {method: {metric: summary}}}``, summaries as :func:`stdiff.metrics.summarize` returns them,
-        plus ``expression_r_top_genes``: the mean over genes of the per-gene Pearson r between expression
-        predicted from the method's patches and the measured expression, within the sample.
+        ``{sample: {method: {metric: summary}}}``. Per-spot metrics are summarised as
+        :func:`stdiff.metrics.summarize` does. Also per method: ``expression_r_top_genes`` (mean over genes of
+        the Pearson r between expression predicted from the method's patches and the measured expression,
+        within the sample), ``retrieval`` (rank of the spot's real patch among all real patches of the
+        sample, queried with the method's patch in CLIP image space) and ``frechet_distance`` (between real and
+        method patches, on the EfficientNet-Lite0 features of the CLIP image tower). ``clip_model`` holds the
+        retrieval of real patches from expression by the CLIP model itself, and ``real_patch`` the expression
+        predicted from the real patches.
     """
-    from .metrics import METRICS, summarize
+    from .metrics import METRICS, frechet_distance, summarize
     from .pipeline import StdiffPipeline
 
     run_dir = Path(run_dir)
@@ -107,30 +144,35 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
     results: dict = {}
     frames = []
     for name in samples:
-        folder = run_dir / RECONSTRUCT_DIR / name
-        if not (folder / "settings.json").is_file():
-            raise FileNotFoundError(f"{name} is not reconstructed in {run_dir}. Run `stdiff reconstruct {run_dir}` first.")
+        folders = _method_patches(run_dir, name, variants)
         data = load_samples(run_dir, [name])
         real = np.asarray(data.patches)
-        generated = np.load(folder / "generated.npy")
         real_embeds = pipeline.embed_images(real)
-        candidates = {"stdiff": None, **baseline_patches(pipeline, data, train, seed=seed)}
+        real_features = backbone_features(pipeline, real)
+        candidates = {method: None for method in folders}
+        candidates.update(baseline_patches(pipeline, data, train, seed=seed))
         sample_results = {}
         for method, patches in candidates.items():
             logger.info("Scoring %s on %s", method, name)
             if patches is None:
+                generated = np.load(folders[method] / "generated.npy")
                 copies = [score_patches(pipeline, real, generated[:, j], seed=seed, real_embeds=real_embeds)
                           for j in range(generated.shape[1])]
                 scores = {key: np.mean([c[key] for c in copies], axis=0) for key in copies[0]}
-                predicted = np.load(folder / "reconstructed_expression.npy")
+                predicted = np.load(folders[method] / "reconstructed_expression.npy")
+                first = generated[:, 0]
             else:
                 scores = score_patches(pipeline, real, patches, seed=seed, real_embeds=real_embeds)
                 predicted = pipeline.predict_expression(patches, k=k_neighbors)
+                first = patches
+            ranks = retrieval_ranks(pipeline.embed_images(first), real_embeds)
             summary = summarize(scores, seed=seed)
             r = per_gene_pearson(predicted, data.expression)
             summary["expression_r_top_genes"] = {"mean": float(np.nanmean(r)), "n": int(np.isfinite(r).sum())}
+            summary["retrieval"] = retrieval_summary(ranks)
+            summary["frechet_distance"] = {"mean": frechet_distance(real_features, backbone_features(pipeline, first))}
             sample_results[method] = summary
-            frame = pd.DataFrame(scores)
+            frame = pd.DataFrame({**scores, "retrieval_rank": ranks})
             frame.insert(0, "method", method)
             frame.insert(0, "barcode", data.spots["barcode"].to_numpy())
             frame.insert(0, "sample", name)
@@ -138,46 +180,67 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
         r_real = per_gene_pearson(pipeline.predict_from_embeddings(real_embeds, k=k_neighbors), data.expression)
         sample_results["real_patch"] = {"expression_r_top_genes": {"mean": float(np.nanmean(r_real)),
                                                                     "n": int(np.isfinite(r_real).sum())}}
+        clip_ranks = retrieval_ranks(pipeline.embed_expression(data.expression), real_embeds)
+        sample_results["clip_model"] = {"retrieval": retrieval_summary(clip_ranks)}
         results[name] = sample_results
 
     out = run_dir / EVALUATE_DIR
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"samples": samples, "train_samples": list(prepare_config.train_samples), "seed": seed,
-                "prepare": prepare_summary, "metrics": {k: vars(v) for k, v in METRICS.items()}}
+                "variants": list(variants), "prepare": prepare_summary,
+                "metrics": {k: vars(v) for k, v in METRICS.items()}}
     write_json_atomically(out / "metrics.json", {"results": results, "metadata": metadata})
     pd.concat(frames, ignore_index=True).to_csv(out / "per_spot.csv", index=False)
     (out / "report.md").write_text(format_report(results))
     return results
 
 
+def backbone_features(pipeline, patches: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+    """Pooled EfficientNet-Lite0 (or open_clip) backbone features (N, width) of uint8 patches."""
+    import torch
+
+    from .training.common import patches_to_tensor
+
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(patches), batch_size):
+            images = patches_to_tensor(np.asarray(patches[start : start + batch_size])).to(pipeline.device)
+            chunks.append(pipeline.clip.image.features(images).cpu().numpy())
+    return np.concatenate(chunks).astype(np.float64)
+
+
 def format_report(results: dict) -> str:
-    """Markdown tables: one per sample, methods as rows, metrics with direction as columns."""
+    """Markdown tables: one per sample, methods as rows, metrics with their direction as columns."""
     from .metrics import METRICS
 
     lines = ["# stdiff evaluation", ""]
-    columns = [*IMAGE_METRICS, "expression_r_top_genes"]
     header = []
-    for key in columns:
-        if key in METRICS:
-            arrow = "higher better" if METRICS[key].higher_is_better else "lower better"
-            header.append(f"{METRICS[key].label} ({arrow})")
-        else:
-            header.append("Expression r, top genes (higher better)")
+    for key in IMAGE_METRICS:
+        arrow = "higher better" if METRICS[key].higher_is_better else "lower better"
+        header.append(f"{METRICS[key].label} ({arrow})")
+    header += ["Expression r, model genes (higher better)", "Retrieval top-5 (higher better)",
+               "Retrieval median rank (lower better)", "Frechet distance, EfficientNet-Lite0 (lower better)"]
     for sample, methods in results.items():
-        lines += [f"## {sample}", "", "| method | " + " | ".join(header) + " |",
-                  "|---|" + "---|" * len(columns)]
+        lines += [f"## {sample}", "", "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for method, summary in methods.items():
             cells = []
-            for key in columns:
+            for key in IMAGE_METRICS:
                 entry = summary.get(key)
-                if entry is None:
-                    cells.append("")
-                elif "ci_low" in entry:
-                    cells.append(f"{entry['mean']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]")
-                else:
-                    cells.append(f"{entry['mean']:.3f}")
+                cells.append("" if entry is None else
+                             f"{entry['mean']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]")
+            expression = summary.get("expression_r_top_genes")
+            cells.append("" if expression is None else f"{expression['mean']:.3f}")
+            retrieval = summary.get("retrieval")
+            cells.append("" if retrieval is None else f"{retrieval['top5']:.3f} (chance {retrieval['chance_top5']:.3f})")
+            cells.append("" if retrieval is None else f"{retrieval['median_rank']:.0f} of {retrieval['n']}")
+            frechet = summary.get("frechet_distance")
+            cells.append("" if frechet is None else f"{frechet['mean']:.1f}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Brackets: bootstrap 95% interval of the mean over spots. SSIM and PSNR favour blurry averages "
-                 "(see mean_train_patch); read them with LPIPS and the CLIP cosine.")
+    lines += [
+        "Brackets: bootstrap 95% interval of the mean over spots. Retrieval: the method's patch (for clip_model, "
+        "the spot's expression) queries the real patches of the sample in CLIP space; the rank of the spot's own "
+        "real patch is reported. SSIM and PSNR favour blurry averages (see mean_train_patch), so read them with "
+        "LPIPS, the CLIP cosine and the Frechet distance.",
+    ]
     return "\n".join(lines) + "\n"

@@ -258,9 +258,10 @@ def cancel_job(job: Job, *, timeout: float = 10.0) -> str:
         os.killpg(job.pid, signal.SIGTERM)
     except ProcessLookupError:
         return job_status(job)
+    # Waiting for the wrapper to exit, not only for the exit code, means job.json holds the final status too.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if job_status(job) != "running":
+        if not _process_alive(job.pid):
             return job_status(job)
         time.sleep(0.1)
     logger.warning("Job %s did not stop within %.0f s of SIGTERM; sending SIGKILL", job.job_id, timeout)

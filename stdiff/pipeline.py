@@ -105,6 +105,7 @@ class StdiffPipeline:
         guidance_scale: float = 2.0,
         num_inference_steps: int = 25,
         init_patches: np.ndarray | None = None,
+        init_latents: np.ndarray | torch.Tensor | None = None,
         strength: float = 1.0,
         batch_size: int = 64,
         progress: bool = False,
@@ -121,8 +122,10 @@ class StdiffPipeline:
         init_patches
             Optional uint8 patches (N, R, R, 3) to start from (see ``strength``), for example retrieved
             training patches.
+        init_latents
+            Optional raw TAEF2 latents (N, 32, R/8, R/8) to start from, instead of ``init_patches``.
         strength
-            Share of the noise schedule applied to ``init_patches``; 1 starts from pure noise.
+            Share of the noise schedule applied to the start patch; 1 starts from pure noise.
 
         Returns
         -------
@@ -149,6 +152,12 @@ class StdiffPipeline:
                     f"per expression row, got {init_patches.shape}."
                 )
             init = self.encode_patches(init_patches).repeat_interleave(n_per_spot, dim=0)
+        elif init_latents is not None:
+            init = torch.as_tensor(init_latents, device=self.device).float()
+            expected = (n_spots, self.ldm.config.latent_channels, self.ldm.config.latent_size, self.ldm.config.latent_size)
+            if tuple(init.shape) != expected:
+                raise ValueError(f"init_latents must have shape {expected}, got {tuple(init.shape)}.")
+            init = init.repeat_interleave(n_per_spot, dim=0)
         res = self.resolution
         out = np.empty((n_spots * n_per_spot, res, res, 3), dtype=np.uint8)
         from tqdm.auto import tqdm
@@ -171,6 +180,23 @@ class StdiffPipeline:
             images = self.autoencoder.decode(latents)
             out[start:stop] = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
         return out.reshape(n_spots, n_per_spot, res, res, 3)
+
+    @property
+    def has_reference_latents(self) -> bool:
+        """True when the model folder stores TAEF2 latents of its training patches (for retrieval starts)."""
+        return "latents" in self.reference
+
+    def retrieve_reference(self, expression: np.ndarray) -> np.ndarray:
+        """Index (N,) of the training spot whose CLIP image embedding is nearest to each expression embedding."""
+        similarity = self.embed_expression(expression) @ self.reference["image_embeds"].numpy().T
+        return np.argmax(similarity, axis=1)
+
+    def retrieved_latents(self, expression: np.ndarray) -> torch.Tensor:
+        """Stored TAEF2 latents (N, 32, R/8, R/8) of the training patches retrieved for ``expression``."""
+        if not self.has_reference_latents:
+            raise ValueError("This model folder stores no training latents; retrain it with this stdiff version "
+                             "(train-ldm writes them) or start from noise.")
+        return self.reference["latents"][self.retrieve_reference(expression)].float()
 
     def predict_expression(self, patches: np.ndarray, *, k: int = 10) -> np.ndarray:
         """Predict expression (N, n_genes) of patches from the ``k`` training spots nearest in CLIP image space.

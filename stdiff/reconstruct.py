@@ -65,11 +65,14 @@ def reconstruct_spots(
         float32 (n_spots, n_genes): expression predicted from each generated patch, averaged over a spot's
         patches.
     """
-    init_patches = None
+    init_patches, init_latents = None, None
     if config.init == "retrieved":
-        if train_patches is None:
-            raise ValueError("init='retrieved' needs the training patches (train_patches).")
-        init_patches = retrieve_training_patches(pipeline, expression, train_patches)
+        if pipeline.has_reference_latents:
+            init_latents = pipeline.retrieved_latents(expression)
+        elif train_patches is not None:
+            init_patches = retrieve_training_patches(pipeline, expression, train_patches)
+        else:
+            raise ValueError("init='retrieved' needs training latents in the model folder or train_patches.")
     generated = pipeline.generate(
         expression,
         n_per_spot=config.n_per_spot,
@@ -77,6 +80,7 @@ def reconstruct_spots(
         guidance_scale=config.guidance_scale,
         num_inference_steps=config.num_inference_steps,
         init_patches=init_patches,
+        init_latents=init_latents,
         strength=config.strength,
         progress=progress,
     )
@@ -86,6 +90,14 @@ def reconstruct_spots(
     return generated, predicted.astype(np.float32)
 
 
+def reconstruction_folder(run_dir: str | Path, sample: str, name: str | None = None) -> Path:
+    """Folder of a sample's reconstruction: ``RUN_DIR/reconstruct/SAMPLE``, or ``RUN_DIR/reconstruct-NAME/SAMPLE``
+    for a named variant (for example other sampling settings evaluated beside the default)."""
+    if name is not None and (not name or "/" in name or name.startswith(".")):
+        raise ValueError(f"Invalid reconstruction name {name!r}: use letters, digits, '-' or '_'.")
+    return Path(run_dir) / (RECONSTRUCT_DIR if name is None else f"{RECONSTRUCT_DIR}-{name}") / sample
+
+
 def reconstruct(
     run_dir: str | Path,
     config: ReconstructConfig = ReconstructConfig(),
@@ -93,9 +105,11 @@ def reconstruct(
     samples: Sequence[str] | None = None,
     pipeline=None,
     overwrite: bool = False,
+    name: str | None = None,
 ) -> dict[str, Path]:
     """Generate patches and reconstructed expression for ``samples`` (default: the run's evaluation samples).
 
+    ``name`` stores a variant beside the default reconstruction (see :func:`reconstruction_folder`).
     Resumable: a sample already reconstructed with the same settings is skipped.
     """
     from .pipeline import StdiffPipeline
@@ -108,16 +122,16 @@ def reconstruct(
     pipeline = pipeline or StdiffPipeline.from_pretrained(run_dir)
     train_patches = None
     written = {}
-    for name in samples:
-        out = run_dir / RECONSTRUCT_DIR / name
+    for sample in samples:
+        out = reconstruction_folder(run_dir, sample, name)
         settings_path = out / "settings.json"
         if settings_path.is_file() and not overwrite:
             if json.loads(settings_path.read_text()) == dataclasses.asdict(config):
-                logger.info("%s already reconstructed, skipping", name)
-                written[name] = out
+                logger.info("%s already reconstructed, skipping", sample)
+                written[sample] = out
                 continue
-        data = load_samples(run_dir, [name])
-        if config.init == "retrieved" and train_patches is None:
+        data = load_samples(run_dir, [sample])
+        if config.init == "retrieved" and train_patches is None and not pipeline.has_reference_latents:
             train_patches = load_samples(run_dir, prepare_config.train_samples).patches
         generated, predicted = reconstruct_spots(pipeline, data.expression, config, train_patches=train_patches)
         out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +140,7 @@ def reconstruct(
         data.spots.to_csv(out / "spots.csv", index=False)
         # settings.json is written last: its presence marks the sample as complete.
         write_json_atomically(settings_path, dataclasses.asdict(config))
-        written[name] = out
+        written[sample] = out
     return written
 
 
@@ -149,8 +163,6 @@ def reconstruct_to_file(
 
     from .expression import expression_matrix
 
-    if config.init != "noise":
-        raise ValueError("reconstruct_to_file supports init='noise' only: a model folder has no training patches.")
     path = Path(path)
     expression = expression_matrix(adata, pipeline.gene_set)
     predicted = []

@@ -56,6 +56,10 @@ def choose_sample_and_model(page_title: str) -> Selection:
                 "Set the data folder in the sidebar or the STDIFF_DATA_DIR environment variable.")
         st.stop()
     names = [Path(folder).name for folder in folders]
+    if uploaded and st.session_state.get("sidebar_last_upload") != uploaded:
+        # A new upload is shown at once; later the user can pick other samples again.
+        st.session_state["sidebar_last_upload"] = uploaded
+        st.session_state["sidebar_sample"] = Path(uploaded).name
     name = st.sidebar.selectbox("Sample", names, key="sidebar_sample")
     sample_dir = folders[names.index(name)]
 

@@ -22,7 +22,16 @@ from _helpers import (
     trained_run,
 )
 from stdiff.cli import main
-from stdiff.evaluate import EVALUATE_DIR, IMAGE_METRICS, METHODS, evaluate, format_report, per_gene_pearson
+from stdiff.evaluate import (
+    EVALUATE_DIR,
+    IMAGE_METRICS,
+    METHODS,
+    evaluate,
+    format_report,
+    per_gene_pearson,
+    retrieval_ranks,
+    retrieval_summary,
+)
 from stdiff.pipeline import MODEL_CARD, StdiffPipeline, read_model_card
 from stdiff.prepare import PREPARE_NAME, load_samples
 from stdiff.reconstruct import (
@@ -306,11 +315,26 @@ def test_reconstruct_spots_shapes(pipeline, eval_data, train_data):
 
 
 @pytest.mark.slow
-def test_reconstruct_spots_retrieved_needs_training_patches(pipeline, eval_data):
+def test_reconstruct_spots_retrieved_needs_training_patches(pipeline, eval_data, monkeypatch):
+    """A model folder without stored latents can start from retrieved patches only when given them."""
     config = ReconstructConfig(n_per_spot=1, num_inference_steps=2, init="retrieved", strength=0.5)
+    monkeypatch.setattr(pipeline, "reference", {k: v for k, v in pipeline.reference.items() if k != "latents"})
 
-    with pytest.raises(ValueError, match="needs the training patches"):
+    with pytest.raises(ValueError, match="needs training latents in the model folder or train_patches"):
         reconstruct_spots(pipeline, eval_data.expression[:2], config, progress=False)
+
+
+def test_retrieved_start_uses_stored_latents(pipeline, eval_data):
+    assert pipeline.has_reference_latents
+    config = ReconstructConfig(n_per_spot=1, num_inference_steps=4, init="retrieved", strength=0.5)
+    noise_config = ReconstructConfig(n_per_spot=1, num_inference_steps=4)
+
+    retrieved, _ = reconstruct_spots(pipeline, eval_data.expression[:2], config, progress=False)
+    from_noise, _ = reconstruct_spots(pipeline, eval_data.expression[:2], noise_config, progress=False)
+
+    assert retrieved.shape == from_noise.shape
+    assert not np.array_equal(retrieved, from_noise)
+    assert len(pipeline.reference["latents"]) == len(pipeline.reference["expression"])
 
 
 @pytest.mark.slow
@@ -337,14 +361,17 @@ def test_reconstruct_to_file_chunks_match(pipeline, shared_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_reconstruct_to_file_rejects_retrieved(pipeline, shared_data_dir, tmp_path):
+def test_reconstruct_to_file_retrieved_start(pipeline, shared_data_dir, tmp_path):
     from stdiff.io import read_visium
 
     adata = read_visium(shared_data_dir / EVAL_SAMPLE)[:2].copy()
-    config = ReconstructConfig(n_per_spot=1, init="retrieved", strength=0.5)
+    config = ReconstructConfig(n_per_spot=1, init="retrieved", strength=0.5, num_inference_steps=2)
 
-    with pytest.raises(ValueError, match="init='noise' only"):
-        reconstruct_to_file(pipeline, adata, tmp_path / "out.npz", config)
+    path = reconstruct_to_file(pipeline, adata, tmp_path / "out.npz", config)
+
+    with np.load(path) as stored:
+        assert stored["reconstructed"].shape == (2, len(pipeline.genes))
+        assert json.loads(str(stored["settings"]))["init"] == "retrieved"
 
 
 @pytest.mark.parametrize(
@@ -384,6 +411,19 @@ def test_per_gene_pearson_known_values():
     assert np.isnan(r[2]), "a gene constant in one array has no correlation"
 
 
+def test_retrieval_ranks_known_embeddings():
+    targets = np.eye(4)
+    queries = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 1.0, 0], [0.6, 0, 0, 0.8]])
+
+    ranks = retrieval_ranks(queries, targets)
+
+    np.testing.assert_array_equal(ranks, [0, 3, 0, 0])  # query 1 ties with every target at 0, ties count against
+    summary = retrieval_summary(ranks)
+    assert summary["top1"] == 0.75
+    assert summary["top5"] == 1.0
+    assert summary["median_rank"] == 0.0
+
+
 def test_per_gene_pearson_matches_numpy():
     rng = np.random.default_rng(0)
     measured = rng.normal(size=(30, 4))
@@ -400,13 +440,18 @@ def test_evaluate_writes_metrics_for_every_method(run, evaluated):
     payload = json.loads((run / EVALUATE_DIR / "metrics.json").read_text())
 
     results = payload["results"][EVAL_SAMPLE]
-    assert set(results) == {*METHODS, "real_patch"}
+    assert set(results) == {*METHODS, "real_patch", "clip_model"}
     for method in METHODS:
         for metric in IMAGE_METRICS:
             summary = results[method][metric]
             assert np.isfinite(summary["mean"]), (method, metric)
             assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"], (method, metric)
         assert results[method]["expression_r_top_genes"]["n"] <= N_GENES
+        retrieval = results[method]["retrieval"]
+        assert 0 <= retrieval["top1"] <= retrieval["top5"] <= 1, method
+        assert 0 <= retrieval["median_rank"] < retrieval["n"], method
+        assert np.isfinite(results[method]["frechet_distance"]["mean"]), method
+    assert 0 <= results["clip_model"]["retrieval"]["top5"] <= 1
     assert payload["metadata"]["samples"] == [EVAL_SAMPLE]
     assert payload["metadata"]["train_samples"] == [TRAIN_SAMPLE]
     assert evaluated[EVAL_SAMPLE].keys() == results.keys()
@@ -453,7 +498,7 @@ def test_evaluate_mean_patch_scores(run, evaluated, train_data, eval_data):
 
 @pytest.mark.slow
 def test_evaluate_needs_reconstruction(run, evaluated, pipeline):
-    with pytest.raises(FileNotFoundError, match=f"{TRAIN_SAMPLE} is not reconstructed"):
+    with pytest.raises(FileNotFoundError, match=f"{TRAIN_SAMPLE} has no reconstruction"):
         evaluate(run, samples=[TRAIN_SAMPLE], pipeline=pipeline)
 
 

@@ -123,6 +123,8 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
     start_step = state["step"] if state else 0
     if start_step >= config.steps:
         logger.info("LDM training already done (%d steps)", start_step)
+        if accelerator.is_main_process:
+            add_reference_latents(run_dir, latents[0])
         return out
     if start_step:
         logger.info("Resuming LDM training at step %d", start_step)
@@ -177,7 +179,27 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
         if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.steps):
             _save(core, ema, out, optimizer, done, config)
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        add_reference_latents(run_dir, latents[0])
     return out
+
+
+def add_reference_latents(run_dir: Path, latents: torch.Tensor) -> None:
+    """Store the training patches' TAEF2 latents (float16) in ``reference.safetensors``, so that sampling can
+    start from a retrieved training patch with only the model folder at hand."""
+    from safetensors.torch import load_file, save_file
+
+    from .clip import REFERENCE_NAME
+
+    path = run_dir / REFERENCE_NAME
+    tensors = load_file(str(path))
+    if len(tensors["expression"]) != len(latents):
+        raise ValueError(f"{path} describes {len(tensors['expression'])} training spots but there are "
+                         f"{len(latents)} latents; run `stdiff train-clip {run_dir}` again.")
+    tensors["latents"] = latents.half().contiguous()
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
 
 
 def _save(model: ConditionalLdm, ema, out: Path, optimizer, step: int, config: LdmTrainConfig) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,39 @@ def test_broken_sample_shows_message(data_with_broken_samples, broken):
     assert not app.exception
     assert not app.error
     assert app.title[0].value == "Tissue"
+
+
+def zip_sample(source: Path, *, extra: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(source.rglob("*")):
+            relative = path.relative_to(source)
+            if path.is_file() and relative.parts[0] != "original" and "fullres" not in path.name:
+                archive.write(path, f"outs/{relative.as_posix()}")
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_uploaded_archive_becomes_a_sample(data_with_broken_samples, shared_data_dir):
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    archive = zip_sample(shared_data_dir / "her2st-C3")
+    app.sidebar.get("file_uploader")[0].set_value(("her2st-C3.zip", archive, "application/zip")).run()
+    assert not app.exception
+    assert not app.error
+    sample_box = app.sidebar.selectbox(key="sidebar_sample")
+    assert len(sample_box.options) == 4
+    assert sample_box.value == sample_box.options[0]
+    assert app.title[0].value == "Tissue"
+
+
+def test_unsafe_archive_is_rejected(data_with_broken_samples, shared_data_dir):
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    archive = zip_sample(shared_data_dir / "her2st-C3", extra={"../escape.txt": b"outside"})
+    app.sidebar.get("file_uploader")[0].set_value(("evil.zip", archive, "application/zip")).run()
+    assert not app.exception
+    errors = [error.value for error in app.sidebar.get("error")]
+    assert len(errors) == 1
+    assert "evil.zip" in errors[0]
+    assert "escape.txt" in errors[0]
+    assert app.sidebar.selectbox(key="sidebar_sample").value == "a-good"

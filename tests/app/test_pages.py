@@ -265,7 +265,7 @@ def test_export_downloads(app_env, shared_data_dir, downloads):
     assert sorted(name for name in names if name.endswith(".png")) == sorted(
         f"generated/{barcode}.png" for barcode in metrics["barcode"])
 
-    png_names = [name for name in downloads if name.endswith(".png")]
+    png_names = [name for name in downloads if name.startswith(SAMPLE) and name.endswith(".png")]
     assert len(png_names) == 2
     for name in png_names:
         assert downloads[name].startswith(b"\x89PNG")
