@@ -59,6 +59,8 @@ with left:
 
 with right:
     barcode = st.selectbox("Spot (barcode)", barcodes, key="tissue_spot")
+    # A plain key (not a widget key) survives page changes, so other pages can start from this spot.
+    st.session_state["tissue_selected_spot"] = barcode
     index = barcodes.index(barcode)
     try:
         expression = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)

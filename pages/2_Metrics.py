@@ -66,10 +66,10 @@ if per_spot_path.is_file():
         from stdiff_app.figures import background_image, tissue_figure
 
         stdiff_rows = per_spot[per_spot["method"] == "stdiff"].set_index("barcode")
-        shown = adata[adata.obs_names.isin(stdiff_rows.index)]
-        values = stdiff_rows.loc[shown.obs_names, metric].to_numpy()
+        evaluated = adata[adata.obs_names.isin(stdiff_rows.index)]
+        values = stdiff_rows.loc[evaluated.obs_names, metric].to_numpy()
         st.subheader(f"{METRICS[metric].label} of generated patches per spot")
-        st.plotly_chart(tissue_figure(shown, background=background_image(adata), values=values,
+        st.plotly_chart(tissue_figure(evaluated, background=background_image(adata), values=values,
                                       colorbar_title=METRICS[metric].label, height=520), key="metrics_map")
     else:
         st.caption(f"Select {sample} in the sidebar to see this metric on the tissue.")

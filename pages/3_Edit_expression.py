@@ -60,9 +60,9 @@ def parse_profile(text: str, genes: list[str], *, max_value: float) -> tuple[dic
     unknown: list[str] = []
     errors: list[str] = []
     for position, (number, fields) in enumerate(rows):
-        shown = delimiter.join(fields) if delimiter else " ".join(fields)
+        line_text = delimiter.join(fields) if delimiter else " ".join(fields)
         if len(fields) != 2:
-            errors.append(f"Line {number}: expected gene,value, found {len(fields)} fields in '{shown}'.")
+            errors.append(f"Line {number}: expected gene,value, found {len(fields)} fields in '{line_text}'.")
             continue
         name, raw_value = fields
         try:
@@ -98,13 +98,13 @@ def forget_sliders(genes: list[str]) -> None:
         st.session_state.pop(slider_key(gene), None)
 
 
-def show_genes(shown: list[str]) -> None:
+def show_genes(slider_genes: list[str]) -> None:
     """Choose the genes that get sliders.
 
     The list is kept apart from the multiselect's own state, which Streamlit drops while another page runs.
     """
-    st.session_state[f"{PREFIX}shown"] = shown
-    st.session_state[f"{PREFIX}genes"] = shown
+    st.session_state[f"{PREFIX}slider_genes"] = slider_genes
+    st.session_state[f"{PREFIX}genes"] = slider_genes
 
 
 def reset_profile(context: tuple, original: np.ndarray, genes: list[str]) -> None:
@@ -124,8 +124,8 @@ def apply_paste(genes: list[str], max_value: float) -> None:
     if errors:
         return
     st.session_state[f"{PREFIX}edited"].update(values)
-    shown = st.session_state[f"{PREFIX}shown"]
-    show_genes(shown + [gene for gene in genes if gene in values and gene not in shown])
+    slider_genes = st.session_state[f"{PREFIX}slider_genes"]
+    show_genes(slider_genes + [gene for gene in genes if gene in values and gene not in slider_genes])
     forget_sliders(genes)
 
 
@@ -143,7 +143,7 @@ max_log1p = float(np.log1p(pipeline.gene_set.target_sum))
 slider_max = np.minimum(np.ceil((measured.max(axis=0) + SLIDER_MARGIN) * 10) / 10, max_log1p)
 
 if st.session_state.get(f"{PREFIX}spot") not in barcodes:
-    tissue_spot = st.session_state.get("tissue_spot")
+    tissue_spot = st.session_state.get("tissue_selected_spot")
     st.session_state[f"{PREFIX}spot"] = tissue_spot if tissue_spot in barcodes else barcodes[0]
 barcode = st.selectbox("Spot (barcode)", barcodes, key=f"{PREFIX}spot",
                        help="The spot whose measured expression is the starting profile.")
@@ -157,11 +157,11 @@ controls, results = st.columns([2, 3], gap="large")
 with controls:
     st.subheader("Profile")
     if f"{PREFIX}genes" not in st.session_state:
-        st.session_state[f"{PREFIX}genes"] = st.session_state[f"{PREFIX}shown"]
-    shown = st.multiselect("Genes to edit", genes, key=f"{PREFIX}genes",
+        st.session_state[f"{PREFIX}genes"] = st.session_state[f"{PREFIX}slider_genes"]
+    slider_genes = st.multiselect("Genes to edit", genes, key=f"{PREFIX}genes",
                            help="Each chosen gene gets a slider. Genes you do not edit keep their value.")
-    st.session_state[f"{PREFIX}shown"] = shown
-    for gene in shown:
+    st.session_state[f"{PREFIX}slider_genes"] = slider_genes
+    for gene in slider_genes:
         column = genes.index(gene)
         upper = float(max(slider_max[column], edited_values[gene]))
         if slider_key(gene) not in st.session_state:

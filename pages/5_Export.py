@@ -49,7 +49,7 @@ def tissue_background(adata) -> tuple[np.ndarray | None, float]:
 
 @st.cache_data(show_spinner="Drawing the heatmap…", max_entries=32)
 def heatmap_png(sample_dir: str, values: np.ndarray, title: str, vmin: float, vmax: float) -> bytes:
-    """A PNG of the spots coloured by ``values`` over the tissue image."""
+    """Draw the spots coloured by ``values`` over the tissue image and return the PNG bytes."""
     adata = load_sample(sample_dir)
     image, factor = tissue_background(adata)
     xy = np.asarray(adata.obsm[SPATIAL_KEY]) * factor
@@ -73,7 +73,7 @@ def heatmap_png(sample_dir: str, values: np.ndarray, title: str, vmin: float, vm
 
 @st.cache_data(show_spinner="Writing the h5ad file…", max_entries=4)
 def h5ad_bytes(sample_dir: str, model_dir: str, reconstruction_file: str, mtime: float) -> bytes:
-    """The sample's AnnData with the reconstructed expression of the model genes in a layer, as h5ad bytes."""
+    """Write the sample's AnnData, with the reconstructed expression of the model genes in a layer, to h5ad bytes."""
     pipeline = load_pipeline(model_dir)
     reconstruction = load_reconstruction(reconstruction_file, mtime)
     adata = load_sample(sample_dir).copy()  # the cached AnnData is shared between sessions: never change it

@@ -30,7 +30,8 @@ STEP_HELP = {
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SHOWN_JOBS = 20
 LOG_LINES = 12
-STATUS_ICONS = {"running": "⏳", "finished": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATUS_ICONS = {"running": ":material/hourglass_top:", "finished": ":material/check_circle:",
+                "failed": ":material/error:", "cancelled": ":material/cancel:"}
 
 
 def prepared_runs(root: Path) -> list[str]:

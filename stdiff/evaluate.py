@@ -125,11 +125,12 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
     -------
     dict
         ``{sample: {method: {metric: summary}}}``. Per-spot metrics are summarised as
-        :func:`stdiff.metrics.summarize` does. Also per method: ``expression_r_top_genes`` (mean over genes of
-        the Pearson r between expression predicted from the method's patches and the measured expression,
-        within the sample), ``retrieval`` (rank of the spot's real patch among all real patches of the
-        sample, queried with the method's patch in CLIP image space) and ``frechet_distance`` (between real and
-        method patches, on the EfficientNet-Lite0 features of the CLIP image tower). ``clip_model`` holds the
+        :func:`stdiff.metrics.summarize` does. Each method also gets three sample-level entries.
+        ``expression_r_top_genes`` is the mean over genes of the Pearson r between expression predicted from
+        the method's patches and the measured expression, within the sample. ``retrieval`` ranks the spot's
+        real patch among all real patches of the sample, queried with the method's patch in CLIP image space.
+        ``frechet_distance`` compares real and method patches on the EfficientNet-Lite0 features of the CLIP
+        image tower. ``clip_model`` holds the
         retrieval of real patches from expression by the CLIP model itself, and ``real_patch`` the expression
         predicted from the real patches.
     """

@@ -210,8 +210,8 @@ def _process_alive(pid: int | None) -> bool:
             return False
         if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
             return False
-        # NOTE: a pid reused by an unrelated process after a reboot is taken for the job only when it also leads
-        # its process group; job ids and exit codes are the reliable record.
+        # NOTE: after a reboot, an unrelated process that got the same pid and leads its own process group is
+        # taken for the job. The exit_code file, when present, decides the status first.
         return int(fields[2]) == pid
     return True
 
@@ -258,7 +258,7 @@ def cancel_job(job: Job, *, timeout: float = 10.0) -> str:
         os.killpg(job.pid, signal.SIGTERM)
     except ProcessLookupError:
         return job_status(job)
-    # Waiting for the wrapper to exit, not only for the exit code, means job.json holds the final status too.
+    # Waiting for the wrapper to exit, not only for the exit code, means job.json contains the final status too.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _process_alive(job.pid):
@@ -300,9 +300,9 @@ def read_log_tail(log: str | Path, *, lines: int = 20) -> str:
     tqdm redraws a bar in place with carriage returns; only the text after the last one on a line is kept.
     """
     text = tail_text(log)
-    shown = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
-    shown = [line for line in shown if line.strip()]
-    return "\n".join(shown[-lines:])
+    latest = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
+    latest = [line for line in latest if line.strip()]
+    return "\n".join(latest[-lines:])
 
 
 def _run_wrapper(folder: Path) -> int:

@@ -155,7 +155,7 @@ def reconstruct_to_file(
 ) -> Path:
     """Reconstruct every spot of ``adata`` and write ``path`` (npz) for the app's heatmaps.
 
-    The file holds ``barcodes``, ``reconstructed`` (float32 (n_spots, n_genes), in ``pipeline.genes`` order),
+    The file contains ``barcodes``, ``reconstructed`` (float32 (n_spots, n_genes), in ``pipeline.genes`` order),
     ``genes`` and ``settings`` (JSON). ``callback(done, total)`` is called after each chunk of spots; the
     result equals a single call because patch seeds depend only on the spot's position.
     """

@@ -78,8 +78,8 @@ def generate_for_spot(model_dir: str, expression: tuple[float, ...], n_patches: 
 
 
 def reconstruction_path(model_dir: str, sample_dir: str) -> Path:
-    """Where the reconstruction of a sample by a model is stored: shipped with the model when it was made for
-    it (``MODEL/reconstructions/SAMPLE.npz``), else in the stdiff cache folder."""
+    """Return the path of a sample's reconstruction by a model: the file shipped with the model when there is one
+    (``MODEL/reconstructions/SAMPLE.npz``), else a file in the stdiff cache folder."""
     shipped = Path(model_dir) / "reconstructions" / f"{Path(sample_dir).name}.npz"
     if shipped.is_file():
         return shipped

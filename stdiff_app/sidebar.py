@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Selection:
-    """What the user picked in the sidebar."""
+    """The sample and model chosen in the sidebar."""
 
     sample_dir: str
     model_dir: str
@@ -28,6 +28,17 @@ class Selection:
 
 
 SIDEBAR_KEYS = ("sidebar_data_dir", "sidebar_sample", "sidebar_model_dir")
+# The app's pages in menu order. Streamlit's own page list is hidden in .streamlit/config.toml because it
+# would label the home page by its file name, "app".
+PAGES = (
+    ("app.py", "Tissue", ":material/biotech:"),
+    ("pages/1_Heatmaps.py", "Heatmaps", ":material/map:"),
+    ("pages/2_Metrics.py", "Metrics", ":material/monitoring:"),
+    ("pages/3_Edit_expression.py", "Edit expression", ":material/tune:"),
+    ("pages/4_Samples.py", "Samples", ":material/folder_open:"),
+    ("pages/5_Export.py", "Export", ":material/download:"),
+    ("pages/6_Train.py", "Train", ":material/model_training:"),
+)
 
 
 def choose_sample_and_model(page_title: str) -> Selection:
@@ -37,11 +48,13 @@ def choose_sample_and_model(page_title: str) -> Selection:
     """
     st.set_page_config(page_title=f"{page_title} · stdiff", page_icon="🔬", layout="wide")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Streamlit forgets a widget's value when a page without it runs; writing the values back keeps the
-    # sidebar choices when the user moves between pages.
+    # Streamlit drops a widget's value when a page without that widget runs. Writing the values back keeps
+    # the sidebar choices when the user moves between pages.
     for key in SIDEBAR_KEYS:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
+    for path, label, icon in PAGES:
+        st.sidebar.page_link(path, label=label, icon=icon)
     st.sidebar.header("Data")
     data_dir = st.sidebar.text_input(
         "Data folder", value=str(settings.data_dir()), key="sidebar_data_dir",

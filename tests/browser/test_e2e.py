@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODEL = ROOT / "models" / "demo"
 CHROMIUM = Path("/usr/bin/chromium")
+TRAIN_SAMPLE = "her2st-C2"  # the smallest her2st sample, for the job that the test starts and cancels
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -91,6 +92,8 @@ def server(tmp_path, monkeypatch, shared_data_dir, shared_weights_dir):
     pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     if not (DEMO_MODEL / "ldm" / "model.safetensors").is_file():
         pytest.skip(f"demo model missing: {DEMO_MODEL}")
+    if not (shared_data_dir / TRAIN_SAMPLE).is_dir():
+        pytest.skip(f"sample {TRAIN_SAMPLE} not found in {shared_data_dir}")
     cache_dir = tmp_path / "cache"
     write_reconstruction(first_sample(shared_data_dir), cache_dir, monkeypatch)
     port = free_port()
@@ -135,7 +138,7 @@ def open_page(page, title: str) -> None:
     wait_until_idle(page)
 
 
-# Pixel position of one spot marker: plotly's axis l2p maps data to plot-area pixels, _size holds the margins.
+# Pixel position of one spot marker: plotly's axis l2p maps data to plot-area pixels, and _size contains the margins.
 POINT_POSITION_JS = """
 ([index]) => {
     const graph = document.querySelector('.js-plotly-plot');
@@ -199,7 +202,7 @@ def test_browser_walkthrough(server):
             run_name.press("Enter")
             wait_until_idle(page)
             page.locator('[data-testid="stMultiSelect"]', has_text="Training samples").click()
-            page.get_by_role("option").first.click()
+            page.get_by_role("option", name=TRAIN_SAMPLE, exact=True).click()
             page.keyboard.press("Escape")
             wait_until_idle(page)
             page.get_by_role("button", name="Start", exact=True).click()
@@ -207,5 +210,8 @@ def test_browser_walkthrough(server):
             page.get_by_role("button", name="Cancel").first.click()
             expect(page.get_by_text("· cancelled ·").first).to_be_visible(timeout=60_000)
             screenshot(page, "6-train")
+        except Exception:
+            screenshot(page, "failure")
+            raise
         finally:
             context.close()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The real run behind models/demo and docs/results.md: train on her2st C2-C5, hold out C6 (same patient)
+# and B4 (another patient), evaluate against baselines, export the demo model.
+# Usage: scripts/her2st_run.sh [RUN_DIR]   (data and weights from STDIFF_DATA_DIR / STDIFF_WEIGHTS_DIR)
+set -euo pipefail
+run=${1:-runs/her2st}
+log="$run/timings.txt"
+mkdir -p "$run"
+step() {
+  local start=$SECONDS
+  echo "+ stdiff $*" | tee -a "$log"
+  stdiff "$@"
+  echo "  $((SECONDS - start)) s" | tee -a "$log"
+}
+step prepare --run-dir "$run" --train her2st-C2 her2st-C3 her2st-C4 her2st-C5 --eval her2st-C6 her2st-B4
+step train-clip "$run"
+step train-ldm "$run" --steps 1200
+step reconstruct "$run"
+step reconstruct "$run" --name unconditional --guidance-scale 0 --n-per-spot 1
+step reconstruct "$run" --name retrieved --init retrieved --strength 0.6 --n-per-spot 1
+step evaluate "$run" --variants unconditional retrieved
+step export "$run" models/demo --half
+data=${STDIFF_DATA_DIR:-../shared/data}
+step reconstruct-sample --model-dir models/demo "$data"/her2st-C2 "$data"/her2st-C3 "$data"/her2st-C4 \
+  "$data"/her2st-C5 "$data"/her2st-C6 "$data"/her2st-B4
