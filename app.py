@@ -67,7 +67,11 @@ with right:
     except ValueError as error:
         st.error(f"This model cannot read the sample's expression: {error}")
         st.stop()
-    patches = sample_patches(selection.sample_dir, pipeline.patch_size, pipeline.resolution)
+    try:
+        patches = sample_patches(selection.sample_dir, pipeline.patch_size, pipeline.resolution)
+    except ValueError as error:
+        st.error(f"Could not cut patches from the sample's image: {error}")
+        st.stop()
     with st.spinner("Generating patches…"):
         generated = generate_for_spot(selection.model_dir, tuple(float(v) for v in expression[index]), n_patches,
                                       int(seed), float(guidance), int(steps), float(strength))

@@ -136,3 +136,29 @@ def test_schedulers_share_config(model):
     assert training.config.num_train_timesteps == sampling.config.num_train_timesteps == 1000
     assert training.config.beta_schedule == sampling.config.beta_schedule == "squaredcos_cap_v2"
     torch.testing.assert_close(training.alphas_cumprod, sampling.alphas_cumprod)
+
+
+@pytest.mark.parametrize("clip_range", [2.5, 1.0])
+def test_sample_clamps_predicted_latents(clip_range):
+    torch.manual_seed(0)
+    config = LdmConfig(cond_dim=8, latent_channels=4, latent_size=8, block_out_channels=(32, 64),
+                       cross_attention_dim=16, sample_clip_range=clip_range)
+    model = ConditionalLdm(config).eval()
+    cond = torch.randn(3, 8)
+
+    sample = model.sample(cond, num_inference_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(1))
+
+    spread = model.to_model_space(sample).abs().max().item()
+    assert spread <= clip_range * 1.01 + 0.05
+
+
+def test_sample_without_clamp_drifts():
+    """An untrained model without the clamp leaves the data range: the clamp is what keeps samples in it."""
+    torch.manual_seed(0)
+    config = LdmConfig(cond_dim=8, latent_channels=4, latent_size=8, block_out_channels=(32, 64),
+                       cross_attention_dim=16, sample_clip_range=0.0)
+    model = ConditionalLdm(config).eval()
+
+    sample = model.sample(torch.randn(3, 8), num_inference_steps=10, generator=torch.Generator().manual_seed(1))
+
+    assert model.to_model_space(sample).abs().max().item() > 2.6

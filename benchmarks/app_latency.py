@@ -1,0 +1,102 @@
+"""App latency benchmark: click-to-patch time with the demo model, and first-page load time.
+
+Run from the project folder (weights and data from STDIFF_WEIGHTS_DIR and STDIFF_DATA_DIR)::
+
+    .venv/bin/python benchmarks/app_latency.py [--model-dir models/demo] [--repeats 5]
+
+Two measurements, written to ``benchmarks/results/app_latency.json``:
+
+1. Click to patch: what the Tissue page does after a spot is clicked when nothing is cached yet, i.e.
+   generating two patches (25 DDIM steps, guidance 2) from the spot's expression, scoring them against the
+   real patch (CLIP cosine, LPIPS, SSIM, PSNR). The model is loaded once beforehand, as the app does
+   (``st.cache_resource``). Target: under 3 s on the CPU.
+2. First page load: a fresh ``AppTest`` run of ``app.py`` on the sample with the most spots, which reads the
+   sample, cuts every patch, loads the model and generates for the first spot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def click_to_patch(model_dir: Path, sample_dir: Path, repeats: int) -> dict:
+    import numpy as np
+
+    from stdiff.expression import expression_matrix
+    from stdiff.io import open_tissue_image, read_visium
+    from stdiff.pipeline import StdiffPipeline
+    from stdiff_app.spot_metrics import spot_metrics_table
+
+    pipeline = StdiffPipeline.from_pretrained(model_dir)
+    adata = read_visium(sample_dir)
+    expression = expression_matrix(adata, pipeline.gene_set)
+    image = open_tissue_image(adata)
+    xy = np.asarray(adata.obsm["spatial"])
+    spot_metrics_table(pipeline, image.crop(*xy[0], size=pipeline.patch_size, out_size=pipeline.resolution),
+                       pipeline.generate(expression[:1], n_per_spot=2, num_inference_steps=2)[0])  # warm-up
+    times = []
+    for repeat in range(repeats):
+        index = (repeat * 37) % adata.n_obs
+        start = time.perf_counter()
+        real = image.crop(*xy[index], size=pipeline.patch_size, out_size=pipeline.resolution)
+        generated = pipeline.generate(expression[index : index + 1], n_per_spot=2, seed=repeat,
+                                      guidance_scale=2.0, num_inference_steps=25)[0]
+        spot_metrics_table(pipeline, real, generated)
+        times.append(time.perf_counter() - start)
+    return {"sample": sample_dir.name, "repeats": repeats, "median_s": statistics.median(times),
+            "max_s": max(times), "target_s": 3.0, "meets_target": statistics.median(times) < 3.0}
+
+
+def first_page_load(model_dir: Path, data_dir: Path, sample: str) -> dict:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["STDIFF_MODEL_DIR"] = str(model_dir)
+    os.environ["STDIFF_DATA_DIR"] = str(data_dir)
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    app.session_state["sidebar_sample"] = sample
+    start = time.perf_counter()
+    app.run()
+    elapsed = time.perf_counter() - start
+    if app.exception:
+        raise RuntimeError(f"app failed: {app.exception[0].value}")
+    return {"sample": sample, "seconds": elapsed}
+
+
+def main() -> None:
+    from stdiff import settings
+    from stdiff.io import list_samples, read_visium
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=ROOT / "models" / "demo")
+    parser.add_argument("--click-sample", default="her2st-C6", help="Sample for the click-to-patch timing.")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    os.environ.setdefault("STDIFF_OFFLINE", "1")
+
+    data_dir = settings.data_dir()
+    largest = max(list_samples(data_dir), key=lambda folder: read_visium(folder).n_obs)
+    result = {
+        "click_to_patch": click_to_patch(args.model_dir, data_dir / args.click_sample, args.repeats),
+        "first_page_load": first_page_load(args.model_dir, data_dir, largest.name),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "load_average_1_5_15": os.getloadavg()},
+        "command": "python benchmarks/app_latency.py " + " ".join(sys.argv[1:]),
+    }
+    out = ROOT / "benchmarks" / "results" / "app_latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
