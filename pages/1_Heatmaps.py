@@ -34,8 +34,12 @@ if reconstruction is None:
             "predicted back from it.")
     steps = st.slider("Sampling steps (DDIM)", 5, 50, 25, 5, key="heatmaps_steps",
                       help="Fewer steps run faster and give coarser patches.")
+    start_options = ["Retrieved training patch", "Noise"] if pipeline.has_reference_latents else ["Noise"]
+    start = st.radio("Start from", start_options, key="heatmaps_start", horizontal=True,
+                     help="Retrieved: the training patch nearest to each spot's expression in CLIP space, noised to "
+                          "60% of the schedule and denoised under the spot's expression.")
     if st.button("Reconstruct this sample", key="heatmaps_run", type="primary"):
-        run_reconstruction(pipeline, adata, path, num_inference_steps=steps)
+        run_reconstruction(pipeline, adata, path, num_inference_steps=steps, retrieved=start != "Noise")
         st.rerun()
     st.stop()
 

@@ -74,7 +74,7 @@ def _dataclass_from_args(config_class, args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .reconstruct import ReconstructConfig
+    from .reconstruct import INIT_CHOICES, ReconstructConfig
     from .training.clip import ClipTrainConfig
     from .training.ldm import LdmTrainConfig
 
@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance-scale", type=float, default=ReconstructConfig.guidance_scale)
     p.add_argument("--num-inference-steps", type=int, default=ReconstructConfig.num_inference_steps)
+    p.add_argument("--init", choices=INIT_CHOICES, default=ReconstructConfig.init,
+                   help="Start from noise, or from the training patch retrieved in CLIP space (default %(default)s).")
+    p.add_argument("--strength", type=float, default=ReconstructConfig.strength,
+                   help="Share of the noise schedule applied to a retrieved start patch (default %(default)s).")
 
     p = subparsers.add_parser("evaluate", help="Score reconstructions against real patches and baselines.")
     p.add_argument("run_dir", type=Path)
@@ -168,7 +172,7 @@ def _run_reconstruct_sample(args) -> None:
     pipeline = StdiffPipeline.from_pretrained(model_dir)
     out_dir = args.out_dir or model_dir / "reconstructions"
     config = ReconstructConfig(n_per_spot=1, seed=args.seed, guidance_scale=args.guidance_scale,
-                               num_inference_steps=args.num_inference_steps)
+                               num_inference_steps=args.num_inference_steps, init=args.init, strength=args.strength)
     for sample_dir in args.sample_dirs:
         adata = read_visium(sample_dir)
         with tqdm(total=adata.n_obs, desc=sample_dir.name, unit="spot") as bar:

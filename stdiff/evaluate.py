@@ -66,8 +66,10 @@ def per_gene_pearson(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
     p = predicted - predicted.mean(axis=0)
     m = measured - measured.mean(axis=0)
     denominator = np.sqrt((p**2).sum(axis=0) * (m**2).sum(axis=0))
+    # Predictions from identical patches differ only by float rounding; such a gene counts as constant.
+    varies = (predicted.std(axis=0) > 1e-6) & (measured.std(axis=0) > 1e-6)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (p * m).sum(axis=0) / denominator, np.nan)
+        return np.where(varies & (denominator > 0), (p * m).sum(axis=0) / denominator, np.nan)
 
 
 def baseline_patches(pipeline, data, train, *, seed: int = 0) -> dict[str, np.ndarray]:
@@ -169,7 +171,7 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
             ranks = retrieval_ranks(pipeline.embed_images(first), real_embeds)
             summary = summarize(scores, seed=seed)
             r = per_gene_pearson(predicted, data.expression)
-            summary["expression_r_top_genes"] = {"mean": float(np.nanmean(r)), "n": int(np.isfinite(r).sum())}
+            summary["expression_r_top_genes"] = {"mean": _nanmean(r), "n": int(np.isfinite(r).sum())}
             summary["retrieval"] = retrieval_summary(ranks)
             summary["frechet_distance"] = {"mean": frechet_distance(real_features, backbone_features(pipeline, first))}
             sample_results[method] = summary
@@ -179,7 +181,7 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
             frame.insert(0, "sample", name)
             frames.append(frame)
         r_real = per_gene_pearson(pipeline.predict_from_embeddings(real_embeds, k=k_neighbors), data.expression)
-        sample_results["real_patch"] = {"expression_r_top_genes": {"mean": float(np.nanmean(r_real)),
+        sample_results["real_patch"] = {"expression_r_top_genes": {"mean": _nanmean(r_real),
                                                                     "n": int(np.isfinite(r_real).sum())}}
         clip_ranks = retrieval_ranks(pipeline.embed_expression(data.expression), real_embeds)
         sample_results["clip_model"] = {"retrieval": retrieval_summary(clip_ranks)}
@@ -194,6 +196,12 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
     pd.concat(frames, ignore_index=True).to_csv(out / "per_spot.csv", index=False)
     (out / "report.md").write_text(format_report(results))
     return results
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite values; NaN when there are none (every gene constant)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
 
 
 def backbone_features(pipeline, patches: np.ndarray, *, batch_size: int = 128) -> np.ndarray:

@@ -9,13 +9,14 @@ import streamlit as st
 from stdiff.reconstruct import ReconstructConfig, reconstruct_to_file
 
 
-def run_reconstruction(pipeline, adata, path: Path, *, num_inference_steps: int = 25) -> None:
+def run_reconstruction(pipeline, adata, path: Path, *, num_inference_steps: int = 25, retrieved: bool = False) -> None:
     """Generate one patch per spot, predict expression from it and store the result at ``path``."""
     bar = st.progress(0.0, text="Generating patches…")
 
     def update(done: int, total: int) -> None:
         bar.progress(done / total, text=f"Generating patches… {done} of {total} spots")
 
-    config = ReconstructConfig(n_per_spot=1, num_inference_steps=num_inference_steps)
+    config = ReconstructConfig(n_per_spot=1, num_inference_steps=num_inference_steps,
+                               init="retrieved" if retrieved else "noise", strength=0.6 if retrieved else 1.0)
     reconstruct_to_file(pipeline, adata, path, config, callback=update)
     bar.empty()

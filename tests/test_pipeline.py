@@ -424,6 +424,15 @@ def test_retrieval_ranks_known_embeddings():
     assert summary["median_rank"] == 0.0
 
 
+def test_per_gene_pearson_rounding_noise_is_constant():
+    measured = np.random.default_rng(0).normal(size=(20, 3))
+    predicted = np.ones((20, 3)) + np.random.default_rng(1).normal(scale=1e-9, size=(20, 3))
+
+    r = per_gene_pearson(predicted, measured)
+
+    assert np.isnan(r).all(), "identical predictions up to rounding have no correlation"
+
+
 def test_per_gene_pearson_matches_numpy():
     rng = np.random.default_rng(0)
     measured = rng.normal(size=(30, 4))
