@@ -56,8 +56,12 @@ class StdiffPipeline:
         """Load from ``folder`` holding ``clip/``, ``ldm/``, ``genes.json``, ``reference.safetensors`` and
         ``model.json`` (or ``prepare.json`` in a run folder)."""
         folder = Path(folder)
+        if folder.is_file():
+            raise FileNotFoundError(f"{folder} is a file, not a model folder. Pass the folder written by "
+                                    "`stdiff export` (for example models/demo) or a trained run folder.")
         if not folder.is_dir():
-            raise FileNotFoundError(f"Model folder not found: {folder}. Set STDIFF_MODEL_DIR or train one.")
+            raise FileNotFoundError(f"Model folder not found: {folder}. Pass the folder written by `stdiff export` "
+                                    "(for example models/demo) or a trained run folder.")
         card = read_model_card(folder)
         reference_path = folder / REFERENCE_NAME
         if not reference_path.is_file():

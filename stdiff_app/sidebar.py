@@ -56,17 +56,27 @@ def choose_sample_and_model(page_title: str) -> Selection:
     for path, label, icon in PAGES:
         st.sidebar.page_link(path, label=label, icon=icon)
     st.sidebar.header("Data")
+    # Defaults go through session_state (not value=), so the write-back above never conflicts with them.
+    st.session_state.setdefault("sidebar_data_dir", str(settings.data_dir()))
+    st.session_state.setdefault("sidebar_model_dir", str(settings.model_dir()))
     data_dir = st.sidebar.text_input(
-        "Data folder", value=str(settings.data_dir()), key="sidebar_data_dir",
-        help="Folder with one Space Ranger output folder per sample (STDIFF_DATA_DIR).",
+        "Data folder", key="sidebar_data_dir",
+        help="Folder with one Space Ranger output folder per sample (default: STDIFF_DATA_DIR).",
     )
     uploaded = upload_sample_widget()
     folders = list_sample_folders(data_dir) if Path(data_dir).is_dir() else []
     if uploaded:
         folders = [uploaded, *[folder for folder in folders if folder != uploaded]]
     if not folders:
-        st.info(f"No samples found in `{data_dir}`. Each sample needs a `spatial/` folder and a count matrix. "
-                "Set the data folder in the sidebar or the STDIFF_DATA_DIR environment variable.")
+        st.title(page_title)
+        if not Path(data_dir).exists():
+            st.info(f"Data folder not found: `{data_dir}`. Enter an existing folder in the sidebar, or upload a "
+                    "sample as a .zip or .tar.gz.")
+        elif not Path(data_dir).is_dir():
+            st.info(f"`{data_dir}` is a file, not a folder. Enter the folder that contains the sample folders.")
+        else:
+            st.info(f"No samples found in `{data_dir}`. Each sample folder needs a `spatial/` folder and a count "
+                    "matrix. Enter another folder in the sidebar, or upload a sample as a .zip or .tar.gz.")
         st.stop()
     names = [Path(folder).name for folder in folders]
     if uploaded and st.session_state.get("sidebar_last_upload") != uploaded:
@@ -78,7 +88,7 @@ def choose_sample_and_model(page_title: str) -> Selection:
 
     st.sidebar.header("Model")
     model_dir = st.sidebar.text_input(
-        "Model folder", value=str(settings.model_dir()), key="sidebar_model_dir",
+        "Model folder", key="sidebar_model_dir",
         help="A trained stdiff model (STDIFF_MODEL_DIR), for example models/demo or a run folder.",
     )
     try:

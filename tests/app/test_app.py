@@ -118,8 +118,29 @@ def test_app_without_model_explains(app_env, monkeypatch, tmp_path):
     assert "Load a trained model" in app.info[0].value
 
 
-def test_app_without_samples_explains(app_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("STDIFF_DATA_DIR", str(tmp_path / "empty"))
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda path: path.mkdir(), "No samples found"),
+        (lambda path: None, "Data folder not found"),
+        (lambda path: path.write_text("not a folder"), "is a file, not a folder"),
+    ],
+    ids=["empty", "missing", "file"],
+)
+def test_app_without_samples_explains(app_env, monkeypatch, tmp_path, make, expected):
+    data = tmp_path / "data"
+    make(data)
+    monkeypatch.setenv("STDIFF_DATA_DIR", str(data))
     app = open_app()
     assert not app.exception
-    assert "No samples found" in app.info[0].value
+    assert expected in app.info[0].value
+    assert str(data) in app.info[0].value
+
+
+def test_model_folder_that_is_a_file(app_env, monkeypatch, tmp_path):
+    model = tmp_path / "model.txt"
+    model.write_text("not a model")
+    monkeypatch.setenv("STDIFF_MODEL_DIR", str(model))
+    app = open_app()
+    assert not app.exception
+    assert any("is a file, not a model folder" in warning.value for warning in app.sidebar.warning)

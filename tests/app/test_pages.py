@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -232,7 +233,10 @@ def download_labels(app: AppTest) -> list[str]:
     return [element.proto.label for element in app.get("download_button")]
 
 
-def test_export_without_reconstruction_points_to_heatmaps(app_env):
+def test_export_without_reconstruction_points_to_heatmaps(app_env, monkeypatch, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model, ignore=shutil.ignore_patterns("reconstructions"))
+    monkeypatch.setenv("STDIFF_MODEL_DIR", str(model))
     app = open_page(EXPORT_PAGE)
     assert not app.exception
     assert any("Heatmaps page" in message for message in texts(app, "info"))

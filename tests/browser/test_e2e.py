@@ -133,7 +133,8 @@ def screenshot(page, name: str) -> None:
 
 
 def open_page(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    # The sidebar draws its own page menu with st.page_link.
+    page.locator('[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"]', has_text=title).first.click()
     page.wait_for_selector(f'h1:has-text("{title}")', timeout=60_000)
     wait_until_idle(page)
 
