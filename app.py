@@ -10,16 +10,14 @@ import pandas as pd
 import streamlit as st
 
 from stdiff_app.figures import background_image, tissue_figure
-from stdiff_app.sidebar import choose_sample_and_model
-from stdiff_app.loaders import generate_for_spot, sample_expression, sample_patches
+from stdiff_app.sidebar import choose_sample_and_model, model_expression, require_pipeline
+from stdiff_app.loaders import generate_for_spot, sample_patches
 from stdiff_app.spot_metrics import spot_metrics_table
 
 selection = choose_sample_and_model("Tissue")
-adata, pipeline = selection.adata, selection.pipeline
+adata = selection.adata
 st.title("Tissue")
-if pipeline is None:
-    st.info(f"Load a trained model to generate patches. {selection.model_error or ''}")
-    st.stop()
+pipeline = require_pipeline(selection, "generate patches")
 
 barcodes = adata.obs_names.to_list()
 if "tissue_spot" not in st.session_state or st.session_state["tissue_spot"] not in barcodes:
@@ -62,11 +60,7 @@ with right:
     # A plain key (not a widget key) survives page changes, so other pages can start from this spot.
     st.session_state["tissue_selected_spot"] = barcode
     index = barcodes.index(barcode)
-    try:
-        expression = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
-    except ValueError as error:
-        st.error(f"This model cannot read the sample's expression: {error}")
-        st.stop()
+    expression = model_expression(selection)
     try:
         patches = sample_patches(selection.sample_dir, pipeline.patch_size, pipeline.resolution)
     except ValueError as error:

@@ -4,25 +4,19 @@ import numpy as np
 import streamlit as st
 
 from stdiff_app.figures import background_image, tissue_figure
-from stdiff_app.loaders import load_reconstruction, reconstruction_path, sample_expression
+from stdiff_app.loaders import load_reconstruction, reconstruction_path
 from stdiff_app.reconstruction import run_reconstruction
-from stdiff_app.sidebar import choose_sample_and_model
+from stdiff_app.sidebar import choose_sample_and_model, model_expression, require_pipeline
 
 selection = choose_sample_and_model("Heatmaps")
-adata, pipeline = selection.adata, selection.pipeline
+adata = selection.adata
 st.title("Heatmaps")
-if pipeline is None:
-    st.info(f"Load a trained model to reconstruct expression. {selection.model_error or ''}")
-    st.stop()
+pipeline = require_pipeline(selection, "reconstruct expression")
 
 genes = list(pipeline.genes)
 gene = st.selectbox("Gene", genes, key="heatmaps_gene",
                     help="The model's genes: the most expressed genes of its training samples.")
-try:
-    measured = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
-except ValueError as error:
-    st.error(f"This model cannot read the sample's expression: {error}")
-    st.stop()
+measured = model_expression(selection)
 
 path = reconstruction_path(selection.model_dir, selection.sample_dir)
 reconstruction = load_reconstruction(str(path), path.stat().st_mtime) if path.is_file() else None

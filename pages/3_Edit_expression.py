@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from stdiff.metrics import cosine_similarity
-from stdiff_app.loaders import generate_for_spot, sample_expression
-from stdiff_app.sidebar import choose_sample_and_model
+from stdiff_app.loaders import generate_for_spot
+from stdiff_app.sidebar import choose_sample_and_model, model_expression, require_pipeline
 
 SLIDER_MARGIN = 1.0  # log1p units a slider reaches above the gene's maximum over the sample
 DEFAULT_EDIT_GENES = 6  # genes shown as sliders at first: the spot's most expressed ones
@@ -130,15 +130,13 @@ def apply_paste(genes: list[str], max_value: float) -> None:
 
 
 selection = choose_sample_and_model("Edit expression")
-adata, pipeline = selection.adata, selection.pipeline
+adata = selection.adata
 st.title("Edit expression")
-if pipeline is None:
-    st.info(f"Load a trained model to generate patches. {selection.model_error or ''}")
-    st.stop()
+pipeline = require_pipeline(selection, "generate patches")
 
 genes = list(pipeline.genes)
 barcodes = adata.obs_names.to_list()
-measured = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
+measured = model_expression(selection)
 max_log1p = float(np.log1p(pipeline.gene_set.target_sum))
 slider_max = np.minimum(np.ceil((measured.max(axis=0) + SLIDER_MARGIN) * 10) / 10, max_log1p)
 

@@ -26,10 +26,9 @@ from stdiff_app.loaders import (
     load_reconstruction,
     load_sample,
     reconstruction_path,
-    sample_expression,
     sample_patches,
 )
-from stdiff_app.sidebar import choose_sample_and_model
+from stdiff_app.sidebar import choose_sample_and_model, model_expression, require_pipeline
 
 PREFIX = "export_"
 RECONSTRUCTED_LAYER = "stdiff_reconstructed"
@@ -134,15 +133,13 @@ def score_spots(pipeline, expression: np.ndarray, real: np.ndarray, *, seed: int
 
 
 selection = choose_sample_and_model("Export")
-adata, pipeline = selection.adata, selection.pipeline
+adata = selection.adata
 sample_name = Path(selection.sample_dir).name
 st.title("Export")
-if pipeline is None:
-    st.info(f"Load a trained model to export generated data. {selection.model_error or ''}")
-    st.stop()
+pipeline = require_pipeline(selection, "export generated data")
 barcodes = adata.obs_names.to_list()
 genes = list(pipeline.genes)
-measured = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
+measured = model_expression(selection)
 path = reconstruction_path(selection.model_dir, selection.sample_dir)
 reconstruction = load_reconstruction(str(path), path.stat().st_mtime) if path.is_file() else None
 if reconstruction is not None and list(reconstruction["barcodes"]) != barcodes:

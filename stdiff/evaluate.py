@@ -132,7 +132,7 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
         the method's patches and the measured expression, within the sample. ``retrieval`` ranks the spot's
         real patch among all real patches of the sample, queried with the method's patch in CLIP image space.
         ``frechet_distance`` compares real and method patches on the EfficientNet-Lite0 features of the CLIP
-        image tower. ``clip_model`` holds the
+        image tower. ``clip_model`` contains the
         retrieval of real patches from expression by the CLIP model itself, and ``real_patch`` the expression
         predicted from the real patches.
     """

@@ -120,3 +120,24 @@ def choose_sample_and_model(page_title: str) -> Selection:
                           model_error=model_error)
     st.session_state["app_selection"] = selection
     return selection
+
+
+def require_pipeline(selection: Selection, purpose: str):
+    """Return the loaded model, or stop the page with a message saying it is needed to ``purpose``."""
+    if selection.pipeline is None:
+        st.info(f"Load a trained model to {purpose}. {selection.model_error or ''}")
+        st.stop()
+    return selection.pipeline
+
+
+def model_expression(selection: Selection):
+    """Return the sample's log1p expression of the model genes (n_spots, n_genes), or stop the page with a
+    message when the model cannot read the sample (for example a mouse sample and a human model)."""
+    from .loaders import sample_expression
+
+    pipeline = selection.pipeline
+    try:
+        return sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
+    except ValueError as error:
+        st.error(f"This model cannot read the sample's expression: {error}")
+        st.stop()

@@ -115,7 +115,7 @@ def train_clip(run_dir: str | Path, config: ClipTrainConfig = ClipTrainConfig(),
     if (out / "config.json").is_file():
         model = ClipModel.from_pretrained(out)
         if model.config != model_config:
-            raise ValueError(f"{out} holds a model with other settings; use a new --run-dir or delete {out}.")
+            raise ValueError(f"{out} contains a model trained with other settings. Use a new run folder or delete {out}.")
         state = load_training_state(out)
         start_step = state["step"] if state else 0
         logger.info("Resuming CLIP training at step %d", start_step)

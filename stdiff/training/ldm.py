@@ -115,7 +115,7 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
     if (out / "config.json").is_file():
         model = ConditionalLdm.from_pretrained(out / "raw")
         if model.config != model_config:
-            raise ValueError(f"{out} holds a model with other settings; use a new --run-dir or delete {out}.")
+            raise ValueError(f"{out} contains a model trained with other settings. Use a new run folder or delete {out}.")
         state = load_training_state(out)
     else:
         model = ConditionalLdm(model_config)

@@ -144,3 +144,17 @@ def test_model_folder_that_is_a_file(app_env, monkeypatch, tmp_path):
     app = open_app()
     assert not app.exception
     assert any("is a file, not a model folder" in warning.value for warning in app.sidebar.warning)
+
+
+@pytest.mark.parametrize("page", ["app.py", "pages/1_Heatmaps.py", "pages/3_Edit_expression.py", "pages/5_Export.py"])
+def test_sample_without_model_genes_explains(app_env, page):
+    """A mouse sample against the human demo model: a plain message on every page that needs expression."""
+    app = open_app()
+    if "visium-mouse-placenta-cytassist" not in app.sidebar.selectbox(key="sidebar_sample").options:
+        pytest.skip("the mouse CytAssist sample is not in the data folder")
+    if page != "app.py":
+        app.switch_page(page).run()
+    select_sample(app, "visium-mouse-placenta-cytassist")
+    assert not app.exception
+    assert len(app.error) == 1
+    assert "cannot read the sample's expression" in app.error[0].value
