@@ -232,7 +232,7 @@ def test_clip_resume(run, tmp_path, offline, caplog):
 def test_clip_resume_other_settings_rejected(run, tmp_path, offline):
     copy = copy_run(run, tmp_path)
 
-    with pytest.raises(ValueError, match="holds a model with other settings"):
+    with pytest.raises(ValueError, match="contains a model trained with other settings"):
         train_clip(copy, small_clip_config(steps=CLIP_STEPS + 5, embed_dim=16), progress=False)
 
 
