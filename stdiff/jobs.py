@@ -29,6 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
+from .checkpoint_io import write_json_atomically
+
 logger = logging.getLogger(__name__)
 
 JOBS_DIR = "jobs"
@@ -69,14 +71,8 @@ class Job:
 
 
 def jobs_folder(root: str | Path) -> Path:
-    """Return the folder holding one subfolder per job under the jobs root ``root``."""
+    """Return the folder containing one subfolder per job under the jobs root ``root``."""
     return Path(root) / JOBS_DIR
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
 
 
 def _new_job_id(step: str, label: str | None) -> str:
@@ -122,7 +118,7 @@ def start_job(root: str | Path, *, args: Sequence[str], label: str | None = None
     started = datetime.now().isoformat(timespec="seconds")
     payload = {"job_id": job_id, "command": command, "step": args[0], "label": label, "pid": None,
                "started": started, "status": "running"}
-    _write_json_atomically(folder / JOB_FILE, payload)
+    write_json_atomically(folder / JOB_FILE, payload)
 
     job_env = dict(os.environ if env is None else env)
     job_env["PYTHONUNBUFFERED"] = "1"  # so log.txt follows the job as it runs
@@ -135,7 +131,7 @@ def start_job(root: str | Path, *, args: Sequence[str], label: str | None = None
     # Reap the wrapper when it exits, so a long-lived caller (the app server) keeps no zombie processes.
     threading.Thread(target=process.wait, name=f"reap-{job_id}", daemon=True).start()
     payload["pid"] = process.pid
-    _write_json_atomically(folder / JOB_FILE, payload)
+    write_json_atomically(folder / JOB_FILE, payload)
     logger.info("Started job %s (pid %d): %s", job_id, process.pid, " ".join(command))
     return load_job(folder)
 
@@ -272,6 +268,17 @@ def cancel_job(job: Job, *, timeout: float = 10.0) -> str:
     return job_status(job)
 
 
+def wait_for_job(job: Job, statuses: set[str], *, timeout: float, poll: float = 0.5) -> str:
+    """Poll :func:`job_status` until it is one of ``statuses`` or ``timeout`` seconds pass; return the last status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job_status(job)
+        if status in statuses:
+            return status
+        time.sleep(poll)
+    return job_status(job)
+
+
 def read_progress(log: str | Path) -> float | None:
     """Return the last tqdm percentage in the log file as a fraction in [0, 1], or None when there is none."""
     text = tail_text(log, max_bytes=16_384)
@@ -332,7 +339,7 @@ def _run_wrapper(folder: Path) -> int:
     payload["status"] = job_status(job)
     payload["exit_code"] = exit_code
     payload["ended"] = datetime.now().isoformat(timespec="seconds")
-    _write_json_atomically(folder / JOB_FILE, payload)
+    write_json_atomically(folder / JOB_FILE, payload)
     return exit_code
 
 

@@ -9,7 +9,7 @@ from stdiff.metrics import METRICS, cosine_similarity, lpips_distance, psnr, ssi
 
 
 def spot_metrics_table(pipeline, real: np.ndarray, generated: np.ndarray) -> pd.DataFrame:
-    """One row per metric: the value for each generated patch, and the metric's direction."""
+    """Return one row per metric with the value for each generated patch and the metric's direction."""
     real_batch = np.broadcast_to(real, generated.shape).copy()
     embeds = pipeline.embed_images(np.concatenate([real[None], generated]))
     values = {

@@ -67,3 +67,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("shared_sample_dir", samples, ids=[sample.name for sample in samples])
     else:
         metafunc.parametrize("shared_sample_dir", [pytest.param(None, marks=pytest.mark.skip(reason=skip_reason))])
+
+
+@pytest.fixture
+def offline(monkeypatch, shared_weights_dir):
+    """Forbid downloads and read pretrained weights from the shared weights folder."""
+    from _helpers import offline_env
+
+    offline_env(monkeypatch, shared_weights_dir)

@@ -16,16 +16,6 @@ from stdiff import jobs
 TRAIN_SAMPLE = "her2st-C2"
 
 
-def wait_for_status(job: jobs.Job, wanted: set[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = jobs.job_status(job)
-        if status in wanted:
-            return status
-        time.sleep(0.2)
-    return jobs.job_status(job)
-
-
 def live_group_members(group: int) -> list[int]:
     """Return the ids of processes in process group ``group`` that have not exited (zombies excluded)."""
     members = []
@@ -55,7 +45,7 @@ def prepared(tmp_path_factory, shared_data_dir) -> tuple[Path, jobs.Job]:
     env = dict(os.environ, STDIFF_DATA_DIR=str(shared_data_dir), STDIFF_OFFLINE="1")
     job = jobs.start_job(root, args=["prepare", "--run-dir", str(root / "tiny"), "--train", TRAIN_SAMPLE,
                                      "--resolution", "32", "--n-genes", "16"], label="tiny", env=env)
-    wait_for_status(job, {"finished", "failed", "cancelled"}, 180)
+    jobs.wait_for_job(job, {"finished", "failed", "cancelled"}, timeout=180)
     return root, job
 
 
@@ -100,7 +90,7 @@ def test_cancel_running_training(prepared, job_env):
 
 def test_failed_job_and_restart(tmp_path, job_env):
     job = jobs.start_job(tmp_path, args=["evaluate", str(tmp_path / "no-such-run")], label="missing")
-    assert wait_for_status(job, {"finished", "failed", "cancelled"}, 120) == "failed"
+    assert jobs.wait_for_job(job, {"finished", "failed", "cancelled"}, timeout=120) == "failed"
     assert jobs.read_exit_code(job) == 2
     assert "no-such-run" in jobs.tail_text(job.log_path)
     assert jobs.cancel_job(job) == "failed"
@@ -109,7 +99,7 @@ def test_failed_job_and_restart(tmp_path, job_env):
     assert again.job_id != job.job_id
     assert again.cli_args == job.cli_args
     assert again.label == "missing"
-    assert wait_for_status(again, {"finished", "failed", "cancelled"}, 120) == "failed"
+    assert jobs.wait_for_job(again, {"finished", "failed", "cancelled"}, timeout=120) == "failed"
     assert len(jobs.list_jobs(tmp_path)) == 2
 
 

@@ -51,11 +51,6 @@ def run(tmp_path_factory, shared_data_dir, shared_weights_dir):
     return trained_run(tmp_path_factory, shared_data_dir, shared_weights_dir)
 
 
-@pytest.fixture
-def offline(monkeypatch, shared_weights_dir):
-    offline_env(monkeypatch, shared_weights_dir)
-
-
 @pytest.fixture(scope="module")
 def pipeline(run, shared_weights_dir) -> StdiffPipeline:
     with pytest.MonkeyPatch.context() as monkeypatch:

@@ -88,7 +88,7 @@ def read_config(folder: str | Path, config_class: type) -> tuple[Any, dict[str, 
     payload = json.loads(path.read_text())
     if payload.get("class") != config_class.__name__:
         raise ValueError(
-            f"{path} holds a {payload.get('class')!r} checkpoint, expected {config_class.__name__!r}."
+            f"{path} contains a {payload.get('class')!r} checkpoint, expected {config_class.__name__!r}."
         )
     known = {field.name for field in dataclasses.fields(config_class)}
     unknown = set(payload["config"]) - known

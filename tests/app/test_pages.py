@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 from pathlib import Path
 
 import anndata as ad
@@ -136,16 +135,6 @@ def test_edit_paste_warns_unknown_genes(app_env):
     assert app.slider(key=f"edit_expression_slider_{gene}").value == pytest.approx(3.5)
 
 
-def wait_for_status(job: jobs.Job, wanted: set[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = jobs.job_status(job)
-        if status in wanted:
-            return status
-        time.sleep(0.5)
-    return jobs.job_status(job)
-
-
 def test_train_page_starts_and_cancels_jobs(app_env):
     runs = app_env / "runs"
     app = open_page(TRAIN_PAGE)
@@ -160,7 +149,7 @@ def test_train_page_starts_and_cancels_jobs(app_env):
     assert prepare_job.label == "tiny"
     assert any(prepare_job.job_id in text for text in texts(app, "markdown"))
     log = jobs.tail_text(prepare_job.log_path)
-    assert wait_for_status(prepare_job, {"finished", "failed"}, 150) == "finished", log
+    assert jobs.wait_for_job(prepare_job, {"finished", "failed"}, timeout=150) == "finished", log
     app.button(key="train_refresh").click().run()
     assert any(prepare_job.job_id in text and "finished" in text for text in texts(app, "markdown"))
 
@@ -175,7 +164,7 @@ def test_train_page_starts_and_cancels_jobs(app_env):
     assert any(clip_job.job_id in text and "running" in text for text in texts(app, "markdown"))
     app.button(key=f"train_cancel_{clip_job.job_id}").click().run()
     assert not app.exception
-    assert wait_for_status(clip_job, {"cancelled", "failed", "finished"}, 30) == "cancelled"
+    assert jobs.wait_for_job(clip_job, {"cancelled", "failed", "finished"}, timeout=30) == "cancelled"
     assert any(clip_job.job_id in text and "cancelled" in text for text in texts(app, "markdown"))
     assert app.button(key=f"train_restart_{clip_job.job_id}").label == "Resume"
 

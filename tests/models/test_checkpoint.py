@@ -166,7 +166,7 @@ def test_wrong_config_class_rejected(tmp_path):
     torch.manual_seed(0)
     small_clip().save_pretrained(tmp_path / "clip")
 
-    with pytest.raises(ValueError, match="holds a 'ClipConfig' checkpoint, expected 'LdmConfig'"):
+    with pytest.raises(ValueError, match="contains a 'ClipConfig' checkpoint, expected 'LdmConfig'"):
         ConditionalLdm.from_pretrained(tmp_path / "clip")
 
 

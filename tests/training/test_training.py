@@ -18,7 +18,6 @@ from _helpers import (
     RESOLUTION,
     copy_run,
     file_times,
-    offline_env,
     prepared_run,
     small_clip_config,
     small_ldm_config,
@@ -43,11 +42,6 @@ from stdiff.training.ldm import LATENT_CACHE, LDM_DIR, train_ldm
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, shared_data_dir, shared_weights_dir):
     return trained_run(tmp_path_factory, shared_data_dir, shared_weights_dir)
-
-
-@pytest.fixture
-def offline(monkeypatch, shared_weights_dir):
-    offline_env(monkeypatch, shared_weights_dir)
 
 
 @pytest.fixture(scope="module")
