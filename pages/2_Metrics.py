@@ -7,7 +7,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from stdiff.evaluate import SEED_PAPER_FIGURES
 from stdiff.metrics import METRICS
+from stdiff.prepare import EVAL_PART_SUFFIX
+from stdiff.split import SPLIT_FILE
 from stdiff_app.sidebar import choose_sample_and_model
 
 selection = choose_sample_and_model("Metrics")
@@ -20,8 +23,24 @@ if not (evaluation / "metrics.json").is_file():
 
 payload = json.loads((evaluation / "metrics.json").read_text())
 results = payload["results"]
-st.caption(f"Trained on {', '.join(payload['metadata']['train_samples'])}; evaluated on held-out "
+metadata = payload["metadata"]
+st.caption(f"Trained on {', '.join(metadata['train_samples'])}; evaluated on held-out "
            f"{', '.join(results)}. Bracketed: bootstrap 95% interval of the mean over spots.")
+split_path = evaluation / SPLIT_FILE
+with st.expander("How training and evaluated spots were split", expanded=split_path.is_file()):
+    st.write(metadata.get("split", "This evaluation was written by an older stdiff and does not record its split."))
+    if split_path.is_file():
+        split = pd.read_csv(split_path, dtype={"barcode": str})
+        for section, spots in split.groupby("sample"):
+            figure = px.scatter(spots, x="x", y="y", color="split", symbol="split",
+                                color_discrete_map={"train": "#1f77b4", "eval": "#d62728", "gap": "#bbbbbb"},
+                                hover_data=["barcode", "block"], title=f"{section}: spatial blocks")
+            figure.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, visible=False)
+            figure.update_xaxes(visible=False)
+            figure.update_layout(height=420, margin=dict(l=0, r=0, t=40, b=0))
+            st.plotly_chart(figure, key=f"metrics_split_{section}")
+        st.caption("Red spots were evaluated, blue spots trained the models, grey spots lie too close to an "
+                   "evaluated patch and were used for neither.")
 
 labels = {name: f"{info.label} ({'↑' if info.higher_is_better else '↓'})" for name, info in METRICS.items()}
 sample = st.selectbox("Held-out sample", list(results), key="metrics_sample")
@@ -32,8 +51,10 @@ def format_row(method: str, summary: dict) -> dict:
     for name, label in labels.items():
         entry = summary.get(name)
         row[label] = "" if entry is None else f"{entry['mean']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
-    expression = summary.get("expression_r_top_genes")
-    row["Expression r, model genes (↑)"] = "" if expression is None else f"{expression['mean']:.3f}"
+    for key, label in (("expression_r_top_genes", "Expression r, model genes (↑)"),
+                       ("expression_r_variable_genes", "Expression r, most variable genes (↑)")):
+        expression = summary.get(key)
+        row[label] = "" if expression is None else f"{expression['mean']:.3f}"
     retrieval = summary.get("retrieval")
     row["Retrieval top-5 (↑)"] = "" if retrieval is None else f"{retrieval['top5']:.3f}"
     row["Retrieval median rank (↓)"] = "" if retrieval is None else f"{retrieval['median_rank']:.0f} of {retrieval['n']}"
@@ -49,6 +70,18 @@ st.caption("↑ higher is better, ↓ lower is better. Retrieval: the method's p
            "distance: real vs method patches on EfficientNet-Lite0 features. SSIM and PSNR reward blurry averages "
            "(see mean_train_patch), so read them together with LPIPS, the CLIP cosine and the Fréchet distance.")
 
+paper = metadata.get("seed_paper", SEED_PAPER_FIGURES)
+ours = [{"method": method, "CLIP cosine": summary["clip_cosine"]["mean"], "LPIPS": summary["lpips"]["mean"],
+         "SSIM": summary["ssim"]["mean"]} for method, summary in results[sample].items() if "lpips" in summary]
+st.subheader("Beside the seed paper")
+st.dataframe(pd.DataFrame([{"method": "seed paper (its own data and protocol)", "CLIP cosine": paper["clip_cosine"],
+                            "LPIPS": paper["lpips"], "SSIM": paper["ssim"]}, *ours]),
+             hide_index=True, column_config={name: st.column_config.NumberColumn(format="%.3f")
+                                             for name in ("CLIP cosine", "LPIPS", "SSIM")})
+st.caption("The paper's figures come from its own data, embedding and LPIPS scaling; an LPIPS above 1 cannot come "
+           "from the AlexNet LPIPS used here, which stays below 1 for natural images. Compare our rows with the "
+           "baselines above, not with the paper.")
+
 per_spot_path = evaluation / "per_spot.csv"
 if per_spot_path.is_file():
     per_spot = pd.read_csv(per_spot_path)
@@ -62,7 +95,8 @@ if per_spot_path.is_file():
     # Per-spot map: the evaluated spots of the sample selected in the sidebar, coloured by the chosen metric.
     adata = selection.adata
     sidebar_sample = Path(selection.sample_dir).name
-    if sample == sidebar_sample:
+    section = sample.removesuffix(EVAL_PART_SUFFIX)  # a blocked section's evaluated part is named after it
+    if section == sidebar_sample:
         from stdiff_app.figures import background_image, tissue_figure
 
         stdiff_rows = per_spot[per_spot["method"] == "stdiff"].set_index("barcode")
@@ -72,4 +106,4 @@ if per_spot_path.is_file():
         st.plotly_chart(tissue_figure(evaluated, background=background_image(adata), values=values,
                                       colorbar_title=METRICS[metric].label, height=520), key="metrics_map")
     else:
-        st.caption(f"Select {sample} in the sidebar to see this metric on the tissue.")
+        st.caption(f"Select {section} in the sidebar to see this metric on the tissue.")

@@ -19,8 +19,23 @@ def _add_prepare(subparsers) -> None:
     p = subparsers.add_parser("prepare", help="Read samples, tile patches at spots and build expression vectors.")
     p.add_argument("--run-dir", required=True, type=Path, help="Folder the run writes into.")
     p.add_argument("--data-dir", type=Path, help="Folder with the sample folders (default: STDIFF_DATA_DIR).")
-    p.add_argument("--train", nargs="+", required=True, metavar="SAMPLE", help="Training sample folder names.")
+    p.add_argument("--train", nargs="*", default=[], metavar="SAMPLE", help="Training sample folder names.")
     p.add_argument("--eval", nargs="*", default=[], metavar="SAMPLE", help="Held-out sample folder names.")
+    p.add_argument("--blocked", nargs="*", default=[], metavar="SAMPLE",
+                   help="Sample folder names split in spatial blocks: some blocks train, the others are held out, "
+                        "with a gap between them (see --block-grid, --eval-block-fraction, --block-gap).")
+    p.add_argument("--block-grid", type=int, default=defaults.block_grid,
+                   help="Blocked samples are cut into an N x N grid of blocks (default %(default)s).")
+    p.add_argument("--eval-block-fraction", type=float, default=defaults.eval_block_fraction,
+                   help="Blocks are held out until this share of a blocked sample's spots is reached "
+                        "(default %(default)s).")
+    p.add_argument("--block-gap", type=int, default=None,
+                   help="Full-resolution pixels kept between evaluated and training patches; spots closer are "
+                        "used for neither (default: the patch size).")
+    p.add_argument("--split-seed", type=int, default=defaults.split_seed,
+                   help="Seed of the choice of held-out blocks (default %(default)s).")
+    p.add_argument("--n-variable-genes", type=int, default=defaults.n_variable_genes,
+                   help="Most variable genes kept for the evaluation's expression round trip (default %(default)s).")
     p.add_argument("--patch-size", type=int, default=defaults.patch_size,
                    help="Crop side around each spot, in full-resolution pixels (default %(default)s).")
     p.add_argument("--resolution", type=int, default=defaults.resolution,
@@ -40,6 +55,12 @@ def _run_prepare(args) -> None:
         data_dir=str(args.data_dir or settings.data_dir()),
         train_samples=tuple(args.train),
         eval_samples=tuple(args.eval),
+        blocked_samples=tuple(args.blocked),
+        block_grid=args.block_grid,
+        eval_block_fraction=args.eval_block_fraction,
+        block_gap=args.block_gap,
+        split_seed=args.split_seed,
+        n_variable_genes=args.n_variable_genes,
         patch_size=args.patch_size,
         resolution=args.resolution,
         n_genes=args.n_genes,
@@ -49,6 +70,9 @@ def _run_prepare(args) -> None:
     for name, info in summary.items():
         logger.info("%s: %d of %d spots kept (%d below %d UMIs), image: %s", name, info["spots_kept"],
                     info["spots_read"], info["spots_dropped_min_counts"], info["min_counts"], info.get("image_source"))
+        if "split" in info:
+            logger.info("%s: part of blocked sample %s (%d training, %d evaluation, %d gap spots)", name,
+                        info["blocked_sample"], info["split"]["train"], info["split"]["eval"], info["split"]["gap"])
 
 
 def _add_dataclass_options(parser, config_class, skip=()) -> None:
@@ -129,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_export(args) -> None:
     from .checkpoint_io import write_json_atomically
     from .pipeline import MODEL_CARD, read_model_card
+    from .split import SPLIT_FILE
     from .training.clip import CLIP_DIR, REFERENCE_NAME
     from .training.ldm import LDM_DIR
 
@@ -151,10 +176,12 @@ def _run_export(args) -> None:
     shutil.copy2(run_dir / REFERENCE_NAME, out / REFERENCE_NAME)
     shutil.copy2(run_dir / "genes.json", out / "genes.json")
     write_json_atomically(out / MODEL_CARD, read_model_card(run_dir))
+    if (run_dir / SPLIT_FILE).is_file():
+        shutil.copy2(run_dir / SPLIT_FILE, out / SPLIT_FILE)
     evaluation = run_dir / "evaluate"
     if evaluation.is_dir():
         (out / "evaluation").mkdir(exist_ok=True)
-        for name in ("metrics.json", "per_spot.csv", "report.md"):
+        for name in ("metrics.json", "per_spot.csv", "report.md", SPLIT_FILE):
             if (evaluation / name).is_file():
                 shutil.copy2(evaluation / name, out / "evaluation" / name)
     logger.info("Exported %s to %s", run_dir, out)
@@ -164,7 +191,8 @@ def _run_reconstruct_sample(args) -> None:
     from tqdm.auto import tqdm
 
     from . import settings
-    from .io import read_visium
+    from .io import open_tissue_image, read_visium
+    from .patches import extract_patches
     from .pipeline import StdiffPipeline
     from .reconstruct import ReconstructConfig, reconstruct_to_file
 
@@ -175,9 +203,11 @@ def _run_reconstruct_sample(args) -> None:
                                num_inference_steps=args.num_inference_steps, init=args.init, strength=args.strength)
     for sample_dir in args.sample_dirs:
         adata = read_visium(sample_dir)
+        real = extract_patches(adata, image=open_tissue_image(adata), patch_size=pipeline.patch_size,
+                               resolution=pipeline.resolution)
         with tqdm(total=adata.n_obs, desc=sample_dir.name, unit="spot") as bar:
             path = reconstruct_to_file(pipeline, adata, out_dir / f"{sample_dir.name}.npz", config,
-                                       callback=lambda done, total: bar.update(done - bar.n))
+                                       callback=lambda done, total: bar.update(done - bar.n), real_patches=real)
         logger.info("Wrote %s", path)
 
 

@@ -41,6 +41,7 @@ CYTASSIST_IMAGE = "cytassist_image.tiff"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 GENES_NAME = "genes.json"
+VARIABLE_GENES_NAME = "variable_genes.json"  # the most variable genes, for the expression round trip
 
 # Space Ranger sample layout used by the reader in stdiff.io.
 OUTS_DIR = "outs"  # a sample folder may hold its Space Ranger output one level down, in outs/

@@ -21,6 +21,7 @@ Methods compared on every evaluated spot:
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +29,10 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint_io import write_json_atomically
-from .prepare import load_samples, read_prepare_config
+from .constants import VARIABLE_GENES_NAME
+from .expression import GeneSet
+from .prepare import TRAIN_PART_SUFFIX, load_samples, read_prepare_config
+from .split import SPLIT_FILE
 from .reconstruct import reconstruction_folder
 
 logger = logging.getLogger(__name__)
@@ -38,13 +42,19 @@ METHODS = ("stdiff", "random_train_patch", "nearest_expression_patch", "clip_ret
 IMAGE_METRICS = ("clip_cosine", "clip_cosine_mismatched", "lpips", "ssim", "psnr")
 
 
+# Figures reported by the publication this project started from, computed there on its own protocol; shown beside
+# ours in the report so that readers can compare like with like.
+SEED_PAPER_FIGURES = {"clip_cosine": 0.933, "lpips": 1.095, "ssim": 0.102}
+
+
 def score_patches(pipeline, real: np.ndarray, candidates: np.ndarray, *, seed: int = 0,
-                  real_embeds: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  real_embeds: np.ndarray | None = None,
+                  candidate_embeds: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-spot image metrics of ``candidates`` (N, R, R, 3) against ``real`` (N, R, R, 3)."""
     from .metrics import cosine_similarity, lpips_distance, mismatched_cosine, psnr, ssim
 
     real_embeds = pipeline.embed_images(real) if real_embeds is None else real_embeds
-    candidate_embeds = pipeline.embed_images(candidates)
+    candidate_embeds = pipeline.embed_images(candidates) if candidate_embeds is None else candidate_embeds
     scores = {
         "clip_cosine": cosine_similarity(real_embeds, candidate_embeds),
         "lpips": lpips_distance(real, candidates, device=pipeline.device),
@@ -141,14 +151,22 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
 
     run_dir = Path(run_dir)
     prepare_config, prepare_summary = read_prepare_config(run_dir)
-    samples = list(samples) if samples else list(prepare_config.eval_samples)
+    samples = list(samples) if samples else list(prepare_config.evaluation_parts)
     pipeline = pipeline or StdiffPipeline.from_pretrained(run_dir)
-    train = load_samples(run_dir, prepare_config.train_samples)
+    train = load_samples(run_dir, prepare_config.training_parts)
+    variable = train.variable_expression
+    if variable is None or len(variable) != len(pipeline.reference["image_embeds"]):
+        logger.warning("No most-variable-gene expression for the training spots of %s (prepared with an older "
+                       "stdiff); the round trip covers the model genes only. Run `stdiff prepare` again on the "
+                       "run to add it.", run_dir)
+        variable = None
     results: dict = {}
     frames = []
     for name in samples:
         folders = _method_patches(run_dir, name, variants)
         data = load_samples(run_dir, [name])
+        if variable is not None and data.variable_expression is None:
+            variable = None
         real = np.asarray(data.patches)
         real_embeds = pipeline.embed_images(real)
         real_features = backbone_features(pipeline, real)
@@ -159,19 +177,27 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
             logger.info("Scoring %s on %s", method, name)
             if patches is None:
                 generated = np.load(folders[method] / "generated.npy")
-                copies = [score_patches(pipeline, real, generated[:, j], seed=seed, real_embeds=real_embeds)
-                          for j in range(generated.shape[1])]
+                embeds = [pipeline.embed_images(generated[:, j]) for j in range(generated.shape[1])]
+                copies = [score_patches(pipeline, real, generated[:, j], seed=seed, real_embeds=real_embeds,
+                                        candidate_embeds=embeds[j]) for j in range(generated.shape[1])]
                 scores = {key: np.mean([c[key] for c in copies], axis=0) for key in copies[0]}
                 predicted = np.load(folders[method] / "reconstructed_expression.npy")
                 first = generated[:, 0]
             else:
-                scores = score_patches(pipeline, real, patches, seed=seed, real_embeds=real_embeds)
-                predicted = pipeline.predict_expression(patches, k=k_neighbors)
+                embeds = [pipeline.embed_images(patches)]
+                scores = score_patches(pipeline, real, patches, seed=seed, real_embeds=real_embeds,
+                                       candidate_embeds=embeds[0])
+                predicted = pipeline.predict_from_embeddings(embeds[0], k=k_neighbors)
                 first = patches
-            ranks = retrieval_ranks(pipeline.embed_images(first), real_embeds)
+            ranks = retrieval_ranks(embeds[0], real_embeds)
             summary = summarize(scores, seed=seed)
             r = per_gene_pearson(predicted, data.expression)
             summary["expression_r_top_genes"] = {"mean": _nanmean(r), "n": int(np.isfinite(r).sum())}
+            if variable is not None:
+                predicted = np.mean([pipeline.predict_from_embeddings(e, k=k_neighbors, values=variable)
+                                     for e in embeds], axis=0)
+                r = per_gene_pearson(predicted, data.variable_expression)
+                summary["expression_r_variable_genes"] = {"mean": _nanmean(r), "n": int(np.isfinite(r).sum())}
             summary["retrieval"] = retrieval_summary(ranks)
             summary["frechet_distance"] = {"mean": frechet_distance(real_features, backbone_features(pipeline, first))}
             sample_results[method] = summary
@@ -183,19 +209,49 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
         r_real = per_gene_pearson(pipeline.predict_from_embeddings(real_embeds, k=k_neighbors), data.expression)
         sample_results["real_patch"] = {"expression_r_top_genes": {"mean": _nanmean(r_real),
                                                                     "n": int(np.isfinite(r_real).sum())}}
+        if variable is not None:
+            r_real = per_gene_pearson(pipeline.predict_from_embeddings(real_embeds, k=k_neighbors, values=variable),
+                                      data.variable_expression)
+            sample_results["real_patch"]["expression_r_variable_genes"] = {"mean": _nanmean(r_real),
+                                                                            "n": int(np.isfinite(r_real).sum())}
         clip_ranks = retrieval_ranks(pipeline.embed_expression(data.expression), real_embeds)
         sample_results["clip_model"] = {"retrieval": retrieval_summary(clip_ranks)}
         results[name] = sample_results
 
     out = run_dir / EVALUATE_DIR
     out.mkdir(parents=True, exist_ok=True)
-    metadata = {"samples": samples, "train_samples": list(prepare_config.train_samples), "seed": seed,
-                "variants": list(variants), "prepare": prepare_summary,
+    metadata = {"samples": samples, "train_samples": list(prepare_config.training_parts), "seed": seed,
+                "variants": list(variants), "prepare": prepare_summary, "k_neighbors": k_neighbors,
+                "split": describe_split(prepare_config, prepare_summary), "seed_paper": SEED_PAPER_FIGURES,
                 "metrics": {k: vars(v) for k, v in METRICS.items()}}
+    if (run_dir / VARIABLE_GENES_NAME).is_file() and variable is not None:
+        metadata["variable_genes"] = list(GeneSet.load(run_dir, VARIABLE_GENES_NAME).genes)
     write_json_atomically(out / "metrics.json", {"results": results, "metadata": metadata})
     pd.concat(frames, ignore_index=True).to_csv(out / "per_spot.csv", index=False)
-    (out / "report.md").write_text(format_report(results))
+    if (run_dir / SPLIT_FILE).is_file():
+        shutil.copy2(run_dir / SPLIT_FILE, out / SPLIT_FILE)
+    (out / "report.md").write_text(format_report(results, k_neighbors=k_neighbors, split=metadata["split"]))
     return results
+
+
+def describe_split(config, summary: dict) -> str:
+    """One paragraph saying which spots trained the models and which were evaluated."""
+    parts = []
+    if config.train_samples:
+        parts.append(f"Whole sections for training: {', '.join(config.train_samples)}.")
+    if config.eval_samples:
+        parts.append(f"Whole sections held out: {', '.join(config.eval_samples)}.")
+    for sample in config.blocked_samples:
+        counts = summary.get(sample + TRAIN_PART_SUFFIX, {}).get("split", {})
+        parts.append(
+            f"{sample} is split in spatial blocks ({config.block_grid} x {config.block_grid} grid, blocks held out "
+            f"until {config.eval_block_fraction:.0%} of its spots, seed {config.split_seed}): "
+            f"{counts.get('train', '?')} training spots, {counts.get('eval', '?')} evaluated spots and "
+            f"{counts.get('gap', '?')} gap spots used for neither, so that every evaluated patch stays at least "
+            f"{config.gap} full-resolution pixels from every training patch ({SPLIT_FILE} lists each spot)."
+        )
+    parts.append(f"Spots with fewer than {config.min_counts} UMIs were dropped before the split.")
+    return " ".join(parts)
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -218,8 +274,11 @@ def backbone_features(pipeline, patches: np.ndarray, *, batch_size: int = 128) -
     return np.concatenate(chunks).astype(np.float64)
 
 
-def format_report(results: dict) -> str:
-    """Markdown tables: one per sample, methods as rows, metrics with their direction as columns."""
+def format_report(results: dict, *, k_neighbors: int = 10, split: str = "") -> str:
+    """Markdown tables: one per sample, methods as rows, metrics with their direction as columns.
+
+    ``split`` is a paragraph describing how training and evaluated spots were separated.
+    """
     from .metrics import METRICS
 
     lines = ["# stdiff evaluation", ""]
@@ -227,7 +286,8 @@ def format_report(results: dict) -> str:
     for key in IMAGE_METRICS:
         arrow = "higher better" if METRICS[key].higher_is_better else "lower better"
         header.append(f"{METRICS[key].label} ({arrow})")
-    header += ["Expression r, model genes (higher better)", "Retrieval top-5 (higher better)",
+    header += ["Expression r, model genes (higher better)", "Expression r, most variable genes (higher better)",
+               "Retrieval top-5 (higher better)",
                "Retrieval median rank (lower better)", "Frechet distance, EfficientNet-Lite0 (lower better)"]
     for sample, methods in results.items():
         lines += [f"## {sample}", "", "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
@@ -237,8 +297,9 @@ def format_report(results: dict) -> str:
                 entry = summary.get(key)
                 cells.append("" if entry is None else
                              f"{entry['mean']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]")
-            expression = summary.get("expression_r_top_genes")
-            cells.append("" if expression is None else f"{expression['mean']:.3f}")
+            for key in ("expression_r_top_genes", "expression_r_variable_genes"):
+                expression = summary.get(key)
+                cells.append("" if expression is None else f"{expression['mean']:.3f}")
             retrieval = summary.get("retrieval")
             cells.append("" if retrieval is None else f"{retrieval['top5']:.3f} (chance {retrieval['chance_top5']:.3f})")
             cells.append("" if retrieval is None else f"{retrieval['median_rank']:.0f} of {retrieval['n']}")
@@ -251,5 +312,32 @@ def format_report(results: dict) -> str:
         "the spot's expression) queries the real patches of the sample in CLIP space; the rank of the spot's own "
         "real patch is reported. SSIM and PSNR favour blurry averages (see mean_train_patch), so read them with "
         "LPIPS, the CLIP cosine and the Frechet distance.",
+        "",
+        "Expression r: expression is predicted from a patch as the similarity-weighted mean over the "
+        f"{k_neighbors} training spots nearest in CLIP image space; Pearson r between predicted and measured "
+        "log1p expression is taken over the sample's spots for each gene, then averaged over the model genes "
+        "(the top expressed ones) and over the most variable training genes (scanpy, Seurat flavour).",
+        "",
+        "## Beside the seed paper",
+        "",
+        "The publication this project started from reported, on its own data and protocol: mean cosine "
+        f"{SEED_PAPER_FIGURES['clip_cosine']}, LPIPS {SEED_PAPER_FIGURES['lpips']}, "
+        f"SSIM {SEED_PAPER_FIGURES['ssim']}. The same three figures on this protocol:",
+        "",
+        "| sample | method | CLIP cosine | LPIPS | SSIM |",
+        "|---|---|---|---|---|",
     ]
+    for sample, methods in results.items():
+        for method, summary in methods.items():
+            if method.startswith("stdiff") and "lpips" in summary:
+                lines.append(f"| {sample} | {method} | {summary['clip_cosine']['mean']:.3f} | "
+                             f"{summary['lpips']['mean']:.3f} | {summary['ssim']['mean']:.3f} |")
+    lines += [
+        "",
+        "LPIPS (AlexNet) averages unit-normalised feature distances and stays well below 1 for natural images, "
+        "so an LPIPS above 1 cannot come from the same definition; a cosine also depends on the embedding it "
+        "is taken in. Read the rows above against the baselines of the same table, not against the paper.",
+    ]
+    if split:
+        lines += ["", "## Split", "", split]
     return "\n".join(lines) + "\n"

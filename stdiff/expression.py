@@ -24,8 +24,8 @@ class GeneSet:
     genes: tuple[str, ...]
     target_sum: float = 1e4  # counts per spot after library-size normalisation, before log1p
 
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / GENES_NAME
+    def save(self, folder: str | Path, name: str = GENES_NAME) -> Path:
+        path = Path(folder) / name
         payload = {
             "genes": list(self.genes),
             "target_sum": self.target_sum,
@@ -35,10 +35,10 @@ class GeneSet:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "GeneSet":
-        path = Path(folder) / GENES_NAME
+    def load(cls, folder: str | Path, name: str = GENES_NAME) -> "GeneSet":
+        path = Path(folder) / name
         if not path.is_file():
-            raise FileNotFoundError(f"No {GENES_NAME} in {Path(folder)}: the gene list of the model is missing.")
+            raise FileNotFoundError(f"No {name} in {Path(folder)}: the gene list of the model is missing.")
         payload = json.loads(path.read_text())
         return cls(genes=tuple(payload["genes"]), target_sum=float(payload["target_sum"]))
 
@@ -61,15 +61,12 @@ def normalize_log1p(adata: AnnData, *, target_sum: float = 1e4) -> sp.csr_matrix
     return normalized.astype(np.float32).tocsr()
 
 
-def select_top_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum: float = 1e4) -> GeneSet:
-    """Pick the ``n_genes`` genes with the highest mean normalised expression over all spots of ``adatas``.
-
-    Only genes measured in every sample are eligible, so the vector means the same in each.
-    """
+def _shared_genes(adatas: Sequence[AnnData], n_genes: int) -> list[str]:
+    """Genes measured in every sample, sorted by name; at least ``n_genes`` of them."""
     if n_genes < 1:
         raise ValueError(f"n_genes must be at least 1, got {n_genes}.")
     if not adatas:
-        raise ValueError("select_top_genes needs at least one sample.")
+        raise ValueError("Choosing genes needs at least one sample.")
     shared = set(adatas[0].var_names)
     for adata in adatas[1:]:
         shared &= set(adata.var_names)
@@ -78,7 +75,15 @@ def select_top_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum
             f"Only {len(shared)} genes are measured in all {len(adatas)} training samples, fewer than "
             f"n_genes={n_genes}. Lower n_genes or train on samples from the same panel."
         )
-    order = sorted(shared)
+    return sorted(shared)
+
+
+def select_top_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum: float = 1e4) -> GeneSet:
+    """Pick the ``n_genes`` genes with the highest mean normalised expression over all spots of ``adatas``.
+
+    Only genes measured in every sample are eligible, so the vector means the same in each.
+    """
+    order = _shared_genes(adatas, n_genes)
     sums = np.zeros(len(order))
     n_spots = 0
     for adata in adatas:
@@ -91,6 +96,44 @@ def select_top_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum
     ranked = sorted(range(len(order)), key=lambda i: (-means[i], order[i]))[:n_genes]
     genes = tuple(order[i] for i in ranked)
     logger.info("Selected %d genes from %d spots; top: %s", len(genes), n_spots, ", ".join(genes[:5]))
+    return GeneSet(genes=genes, target_sum=target_sum)
+
+
+def select_variable_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum: float = 1e4) -> GeneSet:
+    """Pick the ``n_genes`` most variable genes over all spots of ``adatas``, as scanpy defines them.
+
+    Runs ``scanpy.pp.highly_variable_genes`` (Seurat flavour, on the log1p-normalised values, each sample a
+    batch) over the genes measured in every sample. Genes expressed in no spot are left out first.
+    """
+    import anndata
+    import scanpy as sc
+
+    order = _shared_genes(adatas, n_genes)
+    parts = []
+    for index, adata in enumerate(adatas):
+        columns = adata.var_names.get_indexer(order)
+        parts.append(anndata.AnnData(
+            X=normalize_log1p(adata, target_sum=target_sum)[:, columns],
+            obs={"sample": np.full(adata.n_obs, str(index))},
+        ))
+    combined = anndata.concat(parts, index_unique="-")
+    combined.var_names = order
+    expressed = np.asarray((combined.X > 0).sum(axis=0)).ravel() > 0
+    combined = combined[:, expressed].copy()
+    if combined.n_vars < n_genes:
+        raise ValueError(f"Only {combined.n_vars} shared genes are expressed in the training spots, fewer than "
+                         f"n_variable_genes={n_genes}.")
+    batch_key = "sample" if len(adatas) > 1 else None
+    table = sc.pp.highly_variable_genes(combined, flavor="seurat", n_top_genes=n_genes, batch_key=batch_key,
+                                        inplace=False)
+    table.index = combined.var_names
+    if batch_key:
+        ranked = table.sort_values(["highly_variable_nbatches", "dispersions_norm"], ascending=False)
+    else:
+        ranked = table.sort_values("dispersions_norm", ascending=False)
+    genes = tuple(ranked.index[:n_genes])
+    logger.info("Selected %d variable genes from %d spots; top: %s", len(genes), combined.n_obs,
+                ", ".join(genes[:5]))
     return GeneSet(genes=genes, target_sum=target_sum)
 
 

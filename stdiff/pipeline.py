@@ -190,17 +190,27 @@ class StdiffPipeline:
         """True when the model folder stores TAEF2 latents of its training patches (for retrieval starts)."""
         return "latents" in self.reference
 
-    def retrieve_reference(self, expression: np.ndarray) -> np.ndarray:
-        """Index (N,) of the training spot whose CLIP image embedding is nearest to each expression embedding."""
-        similarity = self.embed_expression(expression) @ self.reference["image_embeds"].numpy().T
-        return np.argmax(similarity, axis=1)
+    def retrieve_reference(self, expression: np.ndarray, *, by: str = "clip") -> np.ndarray:
+        """Index (N,) of the training spot retrieved for each expression vector.
 
-    def retrieved_latents(self, expression: np.ndarray) -> torch.Tensor:
+        ``by="clip"``: the spot whose CLIP image embedding is nearest to the expression embedding.
+        ``by="expression"``: the spot whose measured log1p expression is nearest (Euclidean).
+        """
+        if by == "clip":
+            similarity = self.embed_expression(expression) @ self.reference["image_embeds"].numpy().T
+            return np.argmax(similarity, axis=1)
+        if by == "expression":
+            bank = self.reference["expression"].numpy()
+            distances = ((np.asarray(expression)[:, None, :] - bank[None, :, :]) ** 2).sum(axis=-1)
+            return np.argmin(distances, axis=1)
+        raise ValueError(f"Retrieval must be 'clip' or 'expression', got {by!r}.")
+
+    def retrieved_latents(self, expression: np.ndarray, *, by: str = "clip") -> torch.Tensor:
         """Stored TAEF2 latents (N, 32, R/8, R/8) of the training patches retrieved for ``expression``."""
         if not self.has_reference_latents:
             raise ValueError("This model folder stores no training latents; retrain it with this stdiff version "
                              "(train-ldm writes them) or start from noise.")
-        return self.reference["latents"][self.retrieve_reference(expression)].float()
+        return self.reference["latents"][self.retrieve_reference(expression, by=by)].float()
 
     def predict_expression(self, patches: np.ndarray, *, k: int = 10) -> np.ndarray:
         """Predict expression (N, n_genes) of patches from the ``k`` training spots nearest in CLIP image space.
@@ -210,9 +220,14 @@ class StdiffPipeline:
         """
         return self.predict_from_embeddings(self.embed_images(patches), k=k)
 
-    def predict_from_embeddings(self, embeddings: np.ndarray, *, k: int = 10) -> np.ndarray:
+    def predict_from_embeddings(self, embeddings: np.ndarray, *, k: int = 10,
+                                values: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`predict_expression`, from CLIP image embeddings. ``values`` (n_reference, n) replaces the
+        reference spots' model-gene expression, for example with their most variable genes."""
         bank = self.reference["image_embeds"].numpy()
-        expression = self.reference["expression"].numpy()
+        expression = self.reference["expression"].numpy() if values is None else np.asarray(values)
+        if len(expression) != len(bank):
+            raise ValueError(f"values has {len(expression)} rows but the reference holds {len(bank)} spots.")
         k = min(k, len(bank))
         similarity = embeddings @ bank.T
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
@@ -228,8 +243,16 @@ def read_model_card(folder: Path) -> dict:
     card_path = folder / MODEL_CARD
     if card_path.is_file():
         return json.loads(card_path.read_text())
-    prepare_path = folder / "prepare.json"
-    if prepare_path.is_file():
-        config = json.loads(prepare_path.read_text())["config"]
-        return {key: config[key] for key in ("patch_size", "resolution", "train_samples", "eval_samples", "min_counts")}
+    if (folder / "prepare.json").is_file():
+        from .prepare import read_prepare_config
+
+        config, _ = read_prepare_config(folder)
+        card = {"patch_size": config.patch_size, "resolution": config.resolution,
+                "train_samples": list(config.training_parts), "eval_samples": list(config.evaluation_parts),
+                "min_counts": config.min_counts}
+        if config.blocked_samples:
+            card["blocked_split"] = {"samples": list(config.blocked_samples), "block_grid": config.block_grid,
+                                     "eval_block_fraction": config.eval_block_fraction, "gap_pixels": config.gap,
+                                     "seed": config.split_seed}
+        return card
     raise FileNotFoundError(f"Neither {MODEL_CARD} nor prepare.json in {folder}: not a stdiff model folder.")

@@ -91,3 +91,29 @@ def reconstruction_path(model_dir: str, sample_dir: str) -> Path:
 def load_reconstruction(path: str, mtime: float) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def stored_reconstruction(model_dir: str, sample_dir: str, barcodes: list[str]) -> tuple[dict | None, str]:
+    """The sample's stored reconstruction by the model, or None and why there is none to show."""
+    path = reconstruction_path(model_dir, sample_dir)
+    if not path.is_file():
+        return None, "This sample has no reconstruction by this model yet (Heatmaps page: Reconstruct this sample)."
+    reconstruction = load_reconstruction(str(path), path.stat().st_mtime)
+    if list(reconstruction["barcodes"]) != list(barcodes):
+        return None, "The stored reconstruction was made for other spots of this sample; run it again."
+    return reconstruction, ""
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def normalized_counts(sample_dir: str, target_sum: float):
+    """log1p(counts per ``target_sum``) of every gene (CSC, for fast gene columns); shared read-only."""
+    from stdiff.expression import normalize_log1p
+
+    return normalize_log1p(load_sample(sample_dir), target_sum=target_sum).tocsc()
+
+
+def gene_values(sample_dir: str, gene: str, target_sum: float = 1e4) -> np.ndarray:
+    """Measured log1p expression of any gene of the sample (n_spots,)."""
+    adata = load_sample(sample_dir)
+    column = adata.var_names.get_loc(gene)
+    return normalized_counts(sample_dir, target_sum)[:, column].toarray().ravel()

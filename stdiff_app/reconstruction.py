@@ -9,8 +9,10 @@ import streamlit as st
 from stdiff.reconstruct import ReconstructConfig, reconstruct_to_file
 
 
-def run_reconstruction(pipeline, adata, path: Path, *, num_inference_steps: int = 25, retrieved: bool = False) -> None:
-    """Generate one patch per spot, predict expression from it and store the result at ``path``."""
+def run_reconstruction(pipeline, adata, path: Path, *, num_inference_steps: int = 25, retrieved: bool = False,
+                       real_patches=None) -> None:
+    """Generate one patch per spot, predict expression from it and store the result at ``path``; with the spots'
+    ``real_patches`` also per-spot metrics."""
     bar = st.progress(0.0, text="Generating patches…")
 
     def update(done: int, total: int) -> None:
@@ -18,5 +20,5 @@ def run_reconstruction(pipeline, adata, path: Path, *, num_inference_steps: int 
 
     config = ReconstructConfig(n_per_spot=1, num_inference_steps=num_inference_steps,
                                init="retrieved" if retrieved else "noise", strength=0.6 if retrieved else 1.0)
-    reconstruct_to_file(pipeline, adata, path, config, callback=update)
+    reconstruct_to_file(pipeline, adata, path, config, callback=update, real_patches=real_patches)
     bar.empty()

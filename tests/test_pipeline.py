@@ -33,9 +33,11 @@ from stdiff.evaluate import (
     retrieval_summary,
 )
 from stdiff.pipeline import MODEL_CARD, StdiffPipeline, read_model_card
-from stdiff.prepare import PREPARE_NAME, load_samples
+from stdiff.prepare import PREPARE_NAME, PrepareConfig, load_samples
 from stdiff.reconstruct import (
     RECONSTRUCT_DIR,
+    SPOT_METRICS,
+    THUMBNAIL_SIZE,
     ReconstructConfig,
     reconstruct,
     reconstruct_spots,
@@ -298,6 +300,30 @@ def test_retrieve_training_patches(pipeline, train_data, eval_data):
         assert any(np.array_equal(patch, candidate) for candidate in train_patches)
 
 
+def test_retrieve_reference_by_expression(pipeline, train_data, eval_data):
+    """A training spot's own expression retrieves that spot; an evaluated spot gets the nearest training spot."""
+    picked = pipeline.retrieve_reference(train_data.expression[:5], by="expression")
+    nearest = pipeline.retrieve_reference(eval_data.expression[:3], by="expression")
+
+    distances = ((eval_data.expression[:3, None] - train_data.expression[None]) ** 2).sum(axis=-1)
+    np.testing.assert_array_equal(picked, np.arange(5))
+    np.testing.assert_array_equal(nearest, distances.argmin(axis=1))
+    with pytest.raises(ValueError, match="'clip' or 'expression'"):
+        pipeline.retrieve_reference(eval_data.expression[:1], by="genes")
+
+
+def test_reconstruct_retrieved_by_expression_differs_from_clip(pipeline, eval_data):
+    common = dict(n_per_spot=1, num_inference_steps=2, init="retrieved", strength=0.3)
+    by_clip, _ = reconstruct_spots(pipeline, eval_data.expression[:4], ReconstructConfig(**common), progress=False)
+    by_expression, _ = reconstruct_spots(pipeline, eval_data.expression[:4],
+                                         ReconstructConfig(**common, retrieve_by="expression"), progress=False)
+    clip_index = pipeline.retrieve_reference(eval_data.expression[:4], by="clip")
+    expression_index = pipeline.retrieve_reference(eval_data.expression[:4], by="expression")
+
+    assert (clip_index != expression_index).any()
+    assert not np.array_equal(by_clip, by_expression)
+
+
 @pytest.mark.slow
 def test_reconstruct_spots_shapes(pipeline, eval_data, train_data):
     config = ReconstructConfig(n_per_spot=2, num_inference_steps=2)
@@ -356,6 +382,30 @@ def test_reconstruct_to_file_chunks_match(pipeline, shared_data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_reconstruct_to_file_spot_metrics(pipeline, shared_data_dir, tmp_path):
+    from stdiff.expression import expression_matrix
+    from stdiff.io import open_tissue_image, read_visium
+    from stdiff.metrics import lpips_distance, ssim
+    from stdiff.patches import extract_patches
+
+    adata = read_visium(shared_data_dir / EVAL_SAMPLE)[:3].copy()
+    real = extract_patches(adata, image=open_tissue_image(adata), patch_size=pipeline.patch_size,
+                           resolution=pipeline.resolution)
+    config = ReconstructConfig(n_per_spot=1, num_inference_steps=2)
+
+    path = reconstruct_to_file(pipeline, adata, tmp_path / "out.npz", config, real_patches=real)
+    generated, _ = reconstruct_spots(pipeline, expression_matrix(adata, pipeline.gene_set), config, progress=False)
+
+    with np.load(path) as stored:
+        assert stored["thumbnails"].shape == (3, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3)
+        assert {f"metric_{name}" for name in SPOT_METRICS} <= set(stored.files)
+        np.testing.assert_allclose(stored["metric_ssim"], ssim(real, generated[:, 0]), atol=1e-4)
+        np.testing.assert_allclose(stored["metric_lpips"], lpips_distance(real, generated[:, 0]), atol=1e-4)
+    with pytest.raises(ValueError, match="real_patches holds 2 patches for 3 spots"):
+        reconstruct_to_file(pipeline, adata, tmp_path / "bad.npz", config, real_patches=real[:2])
+
+
+@pytest.mark.slow
 def test_reconstruct_to_file_retrieved_start(pipeline, shared_data_dir, tmp_path):
     from stdiff.io import read_visium
 
@@ -374,6 +424,7 @@ def test_reconstruct_to_file_retrieved_start(pipeline, shared_data_dir, tmp_path
     [
         (dict(init="bogus"), "init must be one of"),
         (dict(strength=0.5), "strength applies only with init='retrieved'"),
+        (dict(retrieve_by="genes"), "retrieve_by must be one of"),
     ],
 )
 def test_reconstruct_config_rejects_invalid(changes, message):
@@ -451,6 +502,10 @@ def test_evaluate_writes_metrics_for_every_method(run, evaluated):
             assert np.isfinite(summary["mean"]), (method, metric)
             assert summary["ci_low"] <= summary["mean"] <= summary["ci_high"], (method, metric)
         assert results[method]["expression_r_top_genes"]["n"] <= N_GENES
+        variable = results[method]["expression_r_variable_genes"]
+        assert variable["n"] <= PrepareConfig.n_variable_genes, method
+        if method != "mean_train_patch":  # one patch for every spot: every gene's prediction is constant
+            assert -1 <= variable["mean"] <= 1, method
         retrieval = results[method]["retrieval"]
         assert 0 <= retrieval["top1"] <= retrieval["top5"] <= 1, method
         assert 0 <= retrieval["median_rank"] < retrieval["n"], method
@@ -458,6 +513,8 @@ def test_evaluate_writes_metrics_for_every_method(run, evaluated):
     assert 0 <= results["clip_model"]["retrieval"]["top5"] <= 1
     assert payload["metadata"]["samples"] == [EVAL_SAMPLE]
     assert payload["metadata"]["train_samples"] == [TRAIN_SAMPLE]
+    assert len(payload["metadata"]["variable_genes"]) == PrepareConfig.n_variable_genes
+    assert "expression_r_variable_genes" in results["real_patch"]
     assert evaluated[EVAL_SAMPLE].keys() == results.keys()
 
 
@@ -481,9 +538,14 @@ def test_evaluate_report_lists_methods(run, evaluated):
     report = (run / EVALUATE_DIR / "report.md").read_text()
 
     assert f"## {EVAL_SAMPLE}" in report
+    payload = json.loads((run / EVALUATE_DIR / "metrics.json").read_text())
     for method in (*METHODS, "real_patch"):
         assert f"| {method} |" in report
-    assert report == format_report(evaluated)
+    assert "most variable genes" in report
+    assert "## Beside the seed paper" in report and "LPIPS 1.095" in report
+    assert f"| {EVAL_SAMPLE} | stdiff |" in report
+    assert f"Whole sections held out: {EVAL_SAMPLE}." in report
+    assert report == format_report(evaluated, split=payload["metadata"]["split"])
 
 
 @pytest.mark.slow

@@ -154,6 +154,9 @@ def load_rgb_image(path: Path) -> np.ndarray:
         return np.asarray(rgb, dtype=np.uint8).copy()
 
 
+STRIP_PIXELS = 64_000_000  # source pixels read at once by TissueImage.read_region
+
+
 class _RegionReader(Protocol):
     """Source of RGB pixels from one image, in source-image pixels."""
 
@@ -460,35 +463,68 @@ class TissueImage:
             patches[index] = self._crop(x, y, size=float(size), out_size=int(out_size))
         return patches
 
+    def read_region(self, left: float, top: float, right: float, bottom: float, *, out_width: int,
+                    out_height: int) -> np.ndarray:
+        """Read a rectangle given in full-resolution pixels, resampled to ``out_width`` x ``out_height``.
+
+        Edges are continuous coordinates: pixel ``j`` spans ``[j, j + 1)``, so ``read_region(0, 0, w, h, ...)``
+        is the whole image.
+
+        Large rectangles are read in horizontal strips, so memory stays near one strip of source pixels
+        (about 64 megapixels) however large the image is. Parts outside the image are white.
+
+        Returns
+        -------
+        uint8 array of shape (out_height, out_width, 3).
+        """
+        if not all(math.isfinite(v) for v in (left, top, right, bottom)) or right <= left or bottom <= top:
+            raise ValueError(f"Region must have finite edges with right > left and bottom > top; got "
+                             f"({left}, {top}, {right}, {bottom}).")
+        _check_crop_arguments(size=right - left, out_size=out_width)
+        _check_crop_arguments(size=bottom - top, out_size=out_height)
+        source_pixels_per_row = (right - left) * self.scale * (bottom - top) * self.scale / out_height
+        rows_per_strip = max(1, min(out_height, int(STRIP_PIXELS // max(source_pixels_per_row, 1.0))))
+        strips = []
+        for first in range(0, out_height, rows_per_strip):
+            last = min(out_height, first + rows_per_strip)
+            strip_top = top + (bottom - top) * first / out_height
+            strip_bottom = top + (bottom - top) * last / out_height
+            strips.append(self._resample(left, strip_top, right, strip_bottom, out_width, last - first))
+        return np.concatenate(strips)
+
     def _crop(self, x: float, y: float, *, size: float, out_size: int) -> np.ndarray:
-        # 1. The square in source pixels, with Pillow's convention that pixel j spans [j, j + 1): the centre of
-        #    full-resolution pixel i sits at i + 0.5, and scaling maps full-resolution edges to source edges.
+        # Pixel i spans [i, i + 1), so the centre of full-resolution pixel x sits at x + 0.5.
         half = size / 2.0
-        box_left = (x - half + 0.5) * self.scale
-        box_right = (x + half + 0.5) * self.scale
-        box_top = (y - half + 0.5) * self.scale
-        box_bottom = (y + half + 0.5) * self.scale
+        return self._resample(x + 0.5 - half, y + 0.5 - half, x + 0.5 + half, y + 0.5 + half, out_size, out_size)
+
+    def _resample(self, left: float, top: float, right: float, bottom: float, out_width: int,
+                  out_height: int) -> np.ndarray:
+        # 1. The rectangle in source pixels. Edges are continuous coordinates with Pillow's convention that pixel
+        #    j spans [j, j + 1); scaling maps full-resolution edges to source edges.
+        box_left, box_right = left * self.scale, right * self.scale
+        box_top, box_bottom = top * self.scale, bottom * self.scale
 
         # 2. The whole-pixel region to read, with a margin for the Lanczos filter (3 lobes of the larger of one
         #    source pixel and one output pixel).
-        margin = math.ceil(3.0 * max(1.0, (box_right - box_left) / out_size)) + 1
-        left = math.floor(box_left) - margin
-        top = math.floor(box_top) - margin
-        right = math.ceil(box_right) + margin
-        bottom = math.ceil(box_bottom) + margin
+        shrink = max(1.0, (box_right - box_left) / out_width, (box_bottom - box_top) / out_height)
+        margin = math.ceil(3.0 * shrink) + 1
+        read_left = math.floor(box_left) - margin
+        read_top = math.floor(box_top) - margin
+        read_right = math.ceil(box_right) + margin
+        read_bottom = math.ceil(box_bottom) + margin
 
         # 3. Copy the part inside the image onto a white canvas.
-        canvas = np.full((bottom - top, right - left, 3), WHITE, dtype=np.uint8)
-        inside_left, inside_top = max(left, 0), max(top, 0)
-        inside_right, inside_bottom = min(right, self._reader.width), min(bottom, self._reader.height)
+        canvas = np.full((read_bottom - read_top, read_right - read_left, 3), WHITE, dtype=np.uint8)
+        inside_left, inside_top = max(read_left, 0), max(read_top, 0)
+        inside_right, inside_bottom = min(read_right, self._reader.width), min(read_bottom, self._reader.height)
         if inside_left < inside_right and inside_top < inside_bottom:
-            canvas[inside_top - top : inside_bottom - top, inside_left - left : inside_right - left] = (
-                self._reader.read(inside_top, inside_left, inside_bottom, inside_right)
-            )
+            rows = slice(inside_top - read_top, inside_bottom - read_top)
+            columns = slice(inside_left - read_left, inside_right - read_left)
+            canvas[rows, columns] = self._reader.read(inside_top, inside_left, inside_bottom, inside_right)
 
-        # 4. Resample the exact (sub-pixel) box to out_size x out_size.
-        box = (box_left - left, box_top - top, box_right - left, box_bottom - top)
-        patch = Image.fromarray(canvas).resize((out_size, out_size), Image.Resampling.LANCZOS, box=box)
+        # 4. Resample the exact (sub-pixel) box to the output size.
+        box = (box_left - read_left, box_top - read_top, box_right - read_left, box_bottom - read_top)
+        patch = Image.fromarray(canvas).resize((out_width, out_height), Image.Resampling.LANCZOS, box=box)
         return np.asarray(patch, dtype=np.uint8)
 
 

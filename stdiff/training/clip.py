@@ -95,7 +95,7 @@ def train_clip(run_dir: str | Path, config: ClipTrainConfig = ClipTrainConfig(),
 
     run_dir = Path(run_dir)
     prepare_config, _ = read_prepare_config(run_dir)
-    data = load_samples(run_dir, prepare_config.train_samples)
+    data = load_samples(run_dir, prepare_config.training_parts)
     out = run_dir / CLIP_DIR
     seed_everything(config.seed)
     accelerator = make_accelerator(mixed_precision=config.mixed_precision)

@@ -90,13 +90,15 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
     seed_everything(config.seed)
     accelerator = make_accelerator(mixed_precision=config.mixed_precision)
     device = accelerator.device
-    data = load_samples(run_dir, prepare_config.train_samples)
+    data = load_samples(run_dir, prepare_config.training_parts)
     cond = expression_condition(ClipModel.from_pretrained(run_dir / CLIP_DIR), data.expression, device)
 
     cache = run_dir / LATENT_CACHE
-    if cache.is_file():
-        latents = np.load(cache, mmap_mode="r")
-    else:
+    latents = np.load(cache, mmap_mode="r") if cache.is_file() else None
+    if latents is not None and latents.shape[1] != len(data):
+        logger.warning("Ignoring %s: it holds latents of %d patches, not %d", cache, latents.shape[1], len(data))
+        latents = None
+    if latents is None:
         latents = encode_latents(data.patches, TAEF2.from_pretrained(), device)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache.with_suffix(".tmp.npy"), latents)

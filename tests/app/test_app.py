@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -94,9 +95,30 @@ def test_heatmaps_reconstruct_button(app_env, monkeypatch, tmp_path):
     app.slider(key="heatmaps_steps").set_value(5).run()
     app.button(key="heatmaps_run").click().run()
     assert not app.exception
-    assert len(app.get("plotly_chart")) == 2
+    # Measured, reconstructed, and the per-spot metric map.
+    assert len(app.get("plotly_chart")) == 3
     stored = list((tmp_path / "cache" / "reconstructions").glob("her2st-C6-*.npz"))
     assert len(stored) == 1
+    with np.load(stored[0]) as reconstruction:
+        lpips = reconstruction["metric_lpips"]
+        assert reconstruction["thumbnails"].shape[0] == len(lpips) == 178
+    assert np.isfinite(lpips).all() and (lpips > 0).all()
+    metric_marker = json.loads(app.get("plotly_chart")[2].proto.spec)["data"][0]["marker"]
+    assert "CLIP cosine" in metric_marker["colorbar"]["title"]["text"]
+
+    # The Tissue page now colours spots by the stored metrics and shows generated patches in its grid.
+    app.switch_page("app.py").run()
+    app.sidebar.selectbox(key="tissue_colour_mode").select("Spot metric").run()
+    metric_box = app.sidebar.selectbox(key="tissue_metric")
+    label = next(option for option in metric_box.options if option.startswith("LPIPS"))
+    metric_box.select(label).run()
+    assert not app.exception
+    grid = app.dataframe[-1].value
+    assert grid["generated"].str.startswith("data:image/jpeg;base64,").all()
+    assert label in grid.columns
+    app.sidebar.selectbox(key="tissue_colour_mode").select("Reconstructed model gene").run()
+    assert not app.exception
+    assert app.sidebar.selectbox(key="tissue_model_gene").options
 
 
 def test_metrics_page_lists_baselines(app_env):
@@ -108,6 +130,35 @@ def test_metrics_page_lists_baselines(app_env):
         return
     methods = set(app.dataframe[0].value["method"])
     assert {"stdiff", "random_train_patch", "nearest_expression_patch"} <= methods
+
+
+def test_metrics_page_shows_split_and_seed_paper(app_env, monkeypatch, tmp_path, shared_data_dir):
+    """A blocked split stored with the evaluation is drawn on its section; the seed paper's figures are listed."""
+    import pandas as pd
+
+    from stdiff.io import read_visium
+    from stdiff.split import block_split
+
+    if not (DEMO_MODEL / "evaluation" / "metrics.json").is_file():
+        pytest.skip("the demo model ships no evaluation")
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model, ignore=shutil.ignore_patterns("reconstructions"))
+    adata = read_visium(shared_data_dir / "her2st-C6")
+    xy = adata.obsm["spatial"]
+    result = block_split(xy, grid=4, eval_fraction=0.3, patch_size=256, gap=256)
+    pd.DataFrame({"sample": "her2st-C6", "barcode": adata.obs_names, "x": xy[:, 0], "y": xy[:, 1],
+                  "block": result.block, "split": result.split}).to_csv(model / "evaluation" / "split.csv", index=False)
+    monkeypatch.setenv("STDIFF_MODEL_DIR", str(model))
+
+    app = open_app()
+    app.switch_page("pages/2_Metrics.py").run()
+
+    assert not app.exception
+    split_chart = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert {trace["name"] for trace in split_chart["data"]} == {"train", "eval", "gap"}
+    paper = app.dataframe[1].value
+    assert paper["LPIPS"].iloc[0] == 1.095 and paper["CLIP cosine"].iloc[0] == 0.933
+    assert "stdiff" in set(paper["method"])
 
 
 def test_app_without_model_explains(app_env, monkeypatch, tmp_path):

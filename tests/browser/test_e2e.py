@@ -179,6 +179,30 @@ def test_browser_walkthrough(server):
             wait_until_idle(page)
             screenshot(page, "1-tissue")
 
+            # Lasso: pick the tool, drag a loop around the middle of the section; the spots inside get patches.
+            page.locator(".js-plotly-plot").first.hover()
+            page.locator('.js-plotly-plot .modebar-btn[data-title="Lasso Select"]').first.click()
+            plot = page.locator(".js-plotly-plot").first.bounding_box()
+            cx, cy = plot["x"] + plot["width"] * 0.5, plot["y"] + plot["height"] * 0.5
+            rx, ry = plot["width"] * 0.12, plot["height"] * 0.12
+            page.mouse.move(cx - rx, cy - ry)
+            page.mouse.down()
+            for fx, fy in ((1, -1), (1, 1), (-1, 1), (-1, -0.9)):
+                page.mouse.move(cx + fx * rx, cy + fy * ry, steps=8)
+            page.mouse.up()
+            expect(page.get_by_text("spots in the lasso")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Generated ", exact=False).first).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
+            wait_until_idle(page)
+            screenshot(page, "1b-tissue-lasso")
+            page.get_by_role("button", name="Clear the lasso selection").click()
+            expect(page.get_by_role("combobox", name="Spot (barcode)")).to_be_visible(timeout=60_000)
+
+            # Patch grid: every spot's real patch in a table.
+            page.get_by_role("tab", name="Patch grid").click()
+            expect(page.get_by_text("spots pass the filter")).to_be_visible(timeout=60_000)
+            wait_until_idle(page)
+            screenshot(page, "1c-tissue-patch-grid")
+
             # Heatmaps: change the gene and wait for its correlation to be shown.
             open_page(page, "Heatmaps")
             page.wait_for_selector(".js-plotly-plot", timeout=60_000)
