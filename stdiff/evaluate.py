@@ -42,8 +42,8 @@ METHODS = ("stdiff", "random_train_patch", "nearest_expression_patch", "clip_ret
 IMAGE_METRICS = ("clip_cosine", "clip_cosine_mismatched", "lpips", "ssim", "psnr")
 
 
-# Figures reported by the publication this project started from, computed there on its own protocol; shown beside
-# ours in the report so that readers can compare like with like.
+# Figures reported by the publication this project started from, on its own data and protocol. The report shows
+# them beside ours computed on this protocol.
 SEED_PAPER_FIGURES = {"clip_cosine": 0.933, "lpips": 1.095, "ssim": 0.102}
 
 
@@ -235,7 +235,7 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
 
 
 def describe_split(config, summary: dict) -> str:
-    """One paragraph saying which spots trained the models and which were evaluated."""
+    """Say in one paragraph which spots trained the models and which were evaluated."""
     parts = []
     if config.train_samples:
         parts.append(f"Whole sections for training: {', '.join(config.train_samples)}.")

@@ -97,7 +97,7 @@ class TilePyramid:
 
     def view(self, left: float, top: float, right: float, bottom: float, *, out_width: int,
              out_height: int) -> np.ndarray:
-        """The full-resolution rectangle (left, top, right, bottom) drawn at ``out_width`` x ``out_height``,
+        """Draw the full-resolution rectangle (left, top, right, bottom) at ``out_width`` x ``out_height``,
         stitched from the tiles of the level that matches that zoom. Outside the image is white."""
         if right <= left or bottom <= top or out_width < 1 or out_height < 1:
             raise ValueError(f"View ({left}, {top}, {right}, {bottom}) at {out_width} x {out_height} pixels is "

@@ -30,7 +30,7 @@ def metric_columns(reconstruction: dict | None) -> dict[str, np.ndarray]:
 
 
 def spot_table(adata, reconstruction: dict | None, extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """One row per spot: barcode, position, counting metrics, stored metrics and ``extra`` columns."""
+    """Return one row per spot: barcode, position, counting metrics, stored metrics and ``extra`` columns."""
     xy = np.asarray(adata.obsm["spatial"])
     table = pd.DataFrame({"barcode": adata.obs_names.to_numpy(), "x": xy[:, 0], "y": xy[:, 1]})
     for name, values in {**quality_columns(adata), **metric_columns(reconstruction), **(extra or {})}.items():

@@ -78,7 +78,7 @@ def zoom_steps(image_width: int, image_height: int, view_size: int = VIEW_SIZE) 
 
 
 def make_window(pyramid, zoom: int, centre: tuple[float, float] | None, view_size: int = VIEW_SIZE) -> Window:
-    """The window at ``zoom`` around ``centre`` (full-resolution x, y), kept inside the image."""
+    """Return the window at ``zoom`` around ``centre`` (full-resolution x, y), kept inside the image."""
     width, height = pyramid.width, pyramid.height
     downsample = max(width, height) / view_size / zoom
     if zoom == 1 or centre is None:
