@@ -4,7 +4,7 @@ Run from the project folder (weights and data from STDIFF_WEIGHTS_DIR and STDIFF
 
     .venv/bin/python benchmarks/app_latency.py [--model-dir models/demo] [--repeats 5]
 
-Two measurements, written to ``benchmarks/results/app_latency.json``:
+Three measurements, written to ``benchmarks/results/app_latency.json``:
 
 1. Click to patch: what the Tissue page does after a spot is clicked when nothing is cached yet, i.e.
    generating two patches (25 DDIM steps, guidance 2) from the spot's expression, scoring them against the
@@ -12,7 +12,10 @@ Two measurements, written to ``benchmarks/results/app_latency.json``:
    (``st.cache_resource``). Target: under 3 s on the CPU.
 2. First page load: a fresh ``AppTest`` run of ``app.py`` on the sample with the most spots among those whose
    genes the model reads; it reads the sample, cuts every patch, loads the model and generates for the first
-   spot.
+   spot. The tile cache starts empty (``STDIFF_CACHE_DIR`` is a new temporary folder).
+3. Zoom: drawing the Tissue page's window at every zoom step around the first spot, from an empty tile cache
+   (cold) and again from a new pyramid over the filled cache (warm, as after a server restart), with the size
+   of the JPEG the browser receives.
 """
 
 from __future__ import annotations
@@ -73,6 +76,35 @@ def first_page_load(model_dir: Path, data_dir: Path, sample: str) -> dict:
     return {"sample": sample, "seconds": elapsed}
 
 
+def zoom_views(sample_dir: Path) -> dict:
+    import tempfile
+    from io import BytesIO
+
+    from PIL import Image
+
+    from stdiff.io import open_tissue_image, read_visium
+    from stdiff.tiles import TilePyramid
+    from stdiff_app.viewer import make_window, zoom_steps
+
+    adata = read_visium(sample_dir)
+    centre = tuple(adata.obsm["spatial"][0])
+    steps = []
+    with tempfile.TemporaryDirectory() as cache:
+        for phase in ("cold", "warm"):
+            pyramid = TilePyramid(open_tissue_image(adata), cache)
+            for zoom in zoom_steps(pyramid.width, pyramid.height):
+                window = make_window(pyramid, zoom, centre)
+                start = time.perf_counter()
+                pixels = pyramid.view(window.left, window.top, window.right, window.bottom, out_width=window.width,
+                                      out_height=window.height)
+                elapsed = time.perf_counter() - start
+                buffer = BytesIO()
+                Image.fromarray(pixels).save(buffer, format="JPEG", quality=88)
+                steps.append({"phase": phase, "zoom": zoom, "level": window.level, "seconds": elapsed,
+                              "window_pixels": [window.width, window.height], "jpeg_bytes": buffer.tell()})
+    return {"sample": sample_dir.name, "image_pixels": [pyramid.width, pyramid.height], "views": steps}
+
+
 def main() -> None:
     from stdiff import settings
     from stdiff.io import list_samples, read_visium
@@ -97,9 +129,13 @@ def main() -> None:
             continue  # for example a mouse sample against a human model
         readable[folder] = adata.n_obs
     largest = max(readable, key=readable.get)
+    import tempfile
+
+    os.environ["STDIFF_CACHE_DIR"] = tempfile.mkdtemp(prefix="stdiff-benchmark-")
     result = {
         "click_to_patch": click_to_patch(args.model_dir, data_dir / args.click_sample, args.repeats),
         "first_page_load": first_page_load(args.model_dir, data_dir, largest.name),
+        "zoom": zoom_views(data_dir / largest.name),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "load_average_1_5_15": os.getloadavg()},
         "command": "python benchmarks/app_latency.py " + " ".join(sys.argv[1:]),
