@@ -128,16 +128,22 @@ explore, grid = st.tabs(["Explore", "Patch grid"])
 with explore:
     left, right = st.columns([3, 2], gap="large")
     with left:
-        steps_available = zoom_steps(pyramid.width, pyramid.height)
+        # Zoom stops where the source image has no more detail: full resolution, or the hires image's own pixels.
+        scale = pyramid.image.scale
+        steps_available = zoom_steps(pyramid.width * scale, pyramid.height * scale)
         if state.get("tissue_zoom") not in steps_available:
             state["tissue_zoom"] = 1
         zoom_column, *pan_columns = st.columns([4, 1, 1, 1, 1, 2], vertical_alignment="bottom")
-        zoom = zoom_column.select_slider(
-            "Zoom", steps_available, key="tissue_zoom", on_change=_zoom_changed,
-            format_func=lambda z: "whole section" if z == 1 else f"{z}x",
-            help="The image is drawn again from a tiled pyramid at each zoom; the last step shows every "
-                 "full-resolution pixel.",
-        )
+        if len(steps_available) > 1:
+            zoom = zoom_column.select_slider(
+                "Zoom", steps_available, key="tissue_zoom", on_change=_zoom_changed,
+                format_func=lambda z: "whole section" if z == 1 else f"{z}x",
+                help="The image is drawn again from a tiled pyramid at each zoom; the last step shows every "
+                     f"pixel of the {pyramid.image.source} image.",
+            )
+        else:
+            zoom = 1
+            zoom_column.caption(f"The {pyramid.image.source} image has no more detail than this view.")
         for column, (label, dx, dy) in zip(pan_columns, (("←", -0.5, 0), ("→", 0.5, 0), ("↑", 0, -0.5),
                                                           ("↓", 0, 0.5))):
             column.button(label, key=f"tissue_pan_{label}", on_click=_move, args=(dx, dy), disabled=zoom == 1,

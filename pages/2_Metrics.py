@@ -57,7 +57,8 @@ def format_row(method: str, summary: dict) -> dict:
         row[label] = "" if expression is None else f"{expression['mean']:.3f}"
     retrieval = summary.get("retrieval")
     row["Retrieval top-5 (↑)"] = "" if retrieval is None else f"{retrieval['top5']:.3f}"
-    row["Retrieval median rank (↓)"] = "" if retrieval is None else f"{retrieval['median_rank']:.0f} of {retrieval['n']}"
+    rank = "" if retrieval is None else f"{retrieval['median_rank']:.0f} of {retrieval['n']}"
+    row["Retrieval median rank (↓)"] = rank
     frechet = summary.get("frechet_distance")
     row["Fréchet distance (↓)"] = "" if frechet is None else f"{frechet['mean']:.1f}"
     return row

@@ -47,7 +47,8 @@ def patch_grid(table: pd.DataFrame, real_uris: list[str], generated_uris: list[s
     table = table.assign(real=real_uris)
     if generated_uris is not None:
         table = table.assign(generated=generated_uris)
-    sort_column, order_column, filter_column, range_column, page_column = st.columns([2, 1.4, 2, 3, 1.4], vertical_alignment="bottom")
+    controls = st.columns([2, 1.4, 2, 3, 1.4], vertical_alignment="bottom")
+    sort_column, order_column, filter_column, range_column, page_column = controls
     sort_by = sort_column.selectbox("Sort by", numeric, key=f"{key}_sort")
     descending = order_column.toggle("Descending", value=True, key=f"{key}_descending")
     filter_by = filter_column.selectbox("Filter by", numeric, key=f"{key}_filter")

@@ -495,7 +495,7 @@ def test_evaluate_writes_metrics_for_every_method(run, evaluated):
     payload = json.loads((run / EVALUATE_DIR / "metrics.json").read_text())
 
     results = payload["results"][EVAL_SAMPLE]
-    assert set(results) == {*METHODS, "real_patch", "clip_model"}
+    assert set(results) == {*METHODS, "real_patch", "clip_model", "nearest_training_expression"}
     for method in METHODS:
         for metric in IMAGE_METRICS:
             summary = results[method][metric]
@@ -515,6 +515,9 @@ def test_evaluate_writes_metrics_for_every_method(run, evaluated):
     assert payload["metadata"]["train_samples"] == [TRAIN_SAMPLE]
     assert len(payload["metadata"]["variable_genes"]) == PrepareConfig.n_variable_genes
     assert "expression_r_variable_genes" in results["real_patch"]
+    # Baseline 2's patch maps back close to its own training spot's expression.
+    nearest = results["nearest_training_expression"]["expression_r_top_genes"]["mean"]
+    assert -1 <= nearest <= 1
     assert evaluated[EVAL_SAMPLE].keys() == results.keys()
 
 
