@@ -14,9 +14,15 @@ with st.spinner("Starting stdiff: loading PyTorch and scanpy (first start only)�
     import pandas as pd
 
     from stdiff.metrics import METRICS
-    from stdiff_app.loaders import gene_values, generate_for_spot, sample_patches, stored_reconstruction
+    from stdiff_app.loaders import (
+        gene_values,
+        generate_for_spot,
+        sample_expression,
+        sample_patches,
+        stored_reconstruction,
+    )
     from stdiff_app.patch_grid import generated_thumbnails, patch_grid, real_thumbnails
-    from stdiff_app.sidebar import choose_sample_and_model, model_expression
+    from stdiff_app.sidebar import choose_sample_and_model
     from stdiff_app.spot_metrics import spot_metrics_table
     from stdiff_app.spot_values import metric_columns, quality_columns, spot_table
     from stdiff_app.viewer import (
@@ -52,6 +58,12 @@ patch_size, resolution = (pipeline.patch_size, pipeline.resolution) if pipeline 
 reconstruction, reconstruction_note = (
     stored_reconstruction(selection.model_dir, selection.sample_dir, barcodes) if pipeline else (None, "")
 )
+expression, expression_error = None, ""
+if pipeline is not None:
+    try:
+        expression = sample_expression(selection.sample_dir, pipeline.genes, pipeline.gene_set.target_sum)
+    except ValueError as error:  # for example a mouse sample and a human model; the viewer and grid still work
+        expression_error = f"This model cannot read the sample's expression: {error}"
 
 with st.sidebar:
     st.header("Spots")
@@ -77,9 +89,14 @@ with st.sidebar:
         options = {**quality_columns(adata), **metric_columns(reconstruction)}
         name = st.selectbox("Metric", list(options), key="tissue_metric")
         values, colour_title = options[name], name
-        if not metric_columns(reconstruction):
+        if pipeline is None:
+            st.caption("Load a model to add generated-versus-real metrics per spot.")
+        elif reconstruction is None:
             st.caption("Generated-versus-real metrics per spot appear here once the sample is reconstructed "
                        "(Heatmaps page).")
+        elif not metric_columns(reconstruction):
+            st.caption("The stored reconstruction of this sample has no per-spot metrics (an older stdiff made "
+                       "it); reconstruct the sample again on the Heatmaps page to add them.")
     opacity = st.slider("Spot opacity", 0.0, 1.0, 0.35, 0.05, key="tissue_opacity",
                         help="Fill of uncoloured spots; coloured spots are drawn at least at 0.2.")
     if pipeline is not None:
@@ -143,7 +160,9 @@ with explore:
             )
         else:
             zoom = 1
-            zoom_column.caption(f"The {pyramid.image.source} image has no more detail than this view.")
+            zoom_column.caption("This sample has no tissue image; spots are drawn on white."
+                                if pyramid.image.source == "blank" else
+                                f"The {pyramid.image.source} image has no more detail than this view.")
         for column, (label, dx, dy) in zip(pan_columns, (("←", -0.5, 0), ("→", 0.5, 0), ("↑", 0, -0.5),
                                                           ("↓", 0, 0.5))):
             column.button(label, key=f"tissue_pan_{label}", on_click=_move, args=(dx, dy), disabled=zoom == 1,
@@ -155,10 +174,19 @@ with explore:
         if zoom > 1:
             state["tissue_centre"] = window.centre  # kept inside the image
         diameter, diameter_source = spot_diameter(adata)
+        edges = (window.left, window.top, window.right, window.bottom, window.width, window.height)
+        try:
+            image_uri = window_image_uri(selection.sample_dir, *edges)
+        except ValueError as error:
+            # An undecodable full-resolution file: show the tissue from the image Space Ranger stored instead.
+            st.warning(f"{error} The viewer shows the hires (or lowres) image instead.")
+            try:
+                image_uri = window_image_uri(selection.sample_dir, *edges, stored_only=True)
+            except ValueError as stored_error:
+                st.error(f"Could not draw the sample's image: {stored_error}")
+                st.stop()
         figure = viewer_figure(
-            adata, window,
-            window_image_uri(selection.sample_dir, window.left, window.top, window.right, window.bottom,
-                             window.width, window.height),
+            adata, window, image_uri,
             diameter=diameter, values=values, colour_title=colour_title, cmin=cmin, cmax=cmax,
             focus=state["tissue_focus"], group=state["tissue_group"], opacity=opacity,
         )
@@ -194,8 +222,9 @@ with explore:
             indices = [barcodes.index(barcode) for barcode in group]
             table = spot_table(adata, reconstruction, {colour_title: values} if values is not None else None)
             st.dataframe(table.iloc[indices].drop(columns=["x", "y"]), hide_index=True, height=200)
-            if pipeline is not None:
-                expression = model_expression(selection)
+            if expression_error:
+                st.error(expression_error)
+            elif pipeline is not None:
                 patches = sample_patches(selection.sample_dir, patch_size, resolution)
                 shown = indices[:MAX_GROUP]
                 with st.spinner(f"Generating one patch for each of {len(shown)} spots…"):
@@ -219,8 +248,9 @@ with explore:
             index = barcodes.index(barcode)
             if pipeline is None:
                 st.info(f"Load a trained model to generate patches. {selection.model_error or ''}")
+            elif expression_error:
+                st.error(expression_error)
             else:
-                expression = model_expression(selection)
                 try:
                     patches = sample_patches(selection.sample_dir, patch_size, resolution)
                 except ValueError as error:

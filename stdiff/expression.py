@@ -61,10 +61,11 @@ def normalize_log1p(adata: AnnData, *, target_sum: float = 1e4) -> sp.csr_matrix
     return normalized.astype(np.float32).tocsr()
 
 
-def _shared_genes(adatas: Sequence[AnnData], n_genes: int) -> list[str]:
-    """Genes measured in every sample, sorted by name; at least ``n_genes`` of them."""
+def _shared_genes(adatas: Sequence[AnnData], n_genes: int, option: str = "n_genes") -> list[str]:
+    """Genes measured in every sample, sorted by name; at least ``n_genes`` of them (``option`` names the setting
+    in messages)."""
     if n_genes < 1:
-        raise ValueError(f"n_genes must be at least 1, got {n_genes}.")
+        raise ValueError(f"{option} must be at least 1, got {n_genes}.")
     if not adatas:
         raise ValueError("Choosing genes needs at least one sample.")
     shared = set(adatas[0].var_names)
@@ -73,7 +74,7 @@ def _shared_genes(adatas: Sequence[AnnData], n_genes: int) -> list[str]:
     if len(shared) < n_genes:
         raise ValueError(
             f"Only {len(shared)} genes are measured in all {len(adatas)} training samples, fewer than "
-            f"n_genes={n_genes}. Lower n_genes or train on samples from the same panel."
+            f"{option}={n_genes}. Lower {option} or train on samples from the same panel."
         )
     return sorted(shared)
 
@@ -99,7 +100,8 @@ def select_top_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum
     return GeneSet(genes=genes, target_sum=target_sum)
 
 
-def select_variable_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum: float = 1e4) -> GeneSet:
+def select_variable_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, target_sum: float = 1e4,
+                          option: str = "n_genes") -> GeneSet:
     """Pick the ``n_genes`` most variable genes over all spots of ``adatas``, as scanpy defines them.
 
     Runs ``scanpy.pp.highly_variable_genes`` (Seurat flavour, on the log1p-normalised values, each sample a
@@ -108,7 +110,7 @@ def select_variable_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, targe
     import anndata
     import scanpy as sc
 
-    order = _shared_genes(adatas, n_genes)
+    order = _shared_genes(adatas, n_genes, option)
     parts = []
     for index, adata in enumerate(adatas):
         columns = adata.var_names.get_indexer(order)
@@ -122,7 +124,7 @@ def select_variable_genes(adatas: Sequence[AnnData], *, n_genes: int = 50, targe
     combined = combined[:, expressed].copy()
     if combined.n_vars < n_genes:
         raise ValueError(f"Only {combined.n_vars} shared genes are expressed in the training spots, fewer than "
-                         f"n_variable_genes={n_genes}.")
+                         f"{option}={n_genes}. Lower {option}.")
     batch_key = "sample" if len(adatas) > 1 else None
     table = sc.pp.highly_variable_genes(combined, flavor="seurat", n_top_genes=n_genes, batch_key=batch_key,
                                         inplace=False)

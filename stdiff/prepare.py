@@ -69,6 +69,21 @@ class PrepareConfig:
         if overlap:
             raise ValueError(f"Samples {sorted(overlap)} are blocked samples and also whole training or evaluation "
                              "samples; name each sample once.")
+        for option, names in (("--train", self.train_samples), ("--eval", self.eval_samples),
+                              ("--blocked", self.blocked_samples)):
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"{option} names {', '.join(repeated)} more than once; name each sample once.")
+        if self.block_grid < 2:
+            raise ValueError(f"--block-grid must be at least 2 (a grid of 1 x 1 cannot hold a training and an "
+                             f"evaluation block), got {self.block_grid}.")
+        if not 0 < self.eval_block_fraction < 1:
+            raise ValueError(f"--eval-block-fraction must be between 0 and 1 (exclusive), got "
+                             f"{self.eval_block_fraction}.")
+        if self.block_gap is not None and self.block_gap < 0:
+            raise ValueError(f"--block-gap must be 0 or more full-resolution pixels, got {self.block_gap}.")
+        if self.block_gap == self.patch_size:
+            object.__setattr__(self, "block_gap", None)  # the default gap; stored the same way however it was given
         if self.patch_size < 8:
             raise ValueError(f"patch_size must be at least 8 full-resolution pixels, got {self.patch_size}.")
         if self.resolution < 8 or self.resolution % 8:
@@ -77,7 +92,7 @@ class PrepareConfig:
         if self.min_counts < 0:
             raise ValueError(f"min_counts must be 0 or more, got {self.min_counts}.")
         if self.n_variable_genes < 1:
-            raise ValueError(f"n_variable_genes must be at least 1, got {self.n_variable_genes}.")
+            raise ValueError(f"--n-variable-genes must be at least 1, got {self.n_variable_genes}.")
 
     @property
     def gap(self) -> int:
@@ -153,7 +168,8 @@ def prepare(run_dir: str | Path, config: PrepareConfig, *, overwrite: bool = Fal
     run_dir.mkdir(parents=True, exist_ok=True)
     reader = _PartReader(config, summary)
 
-    fresh = overwrite or not (run_dir / GENES_NAME).is_file()
+    # Without prepare.json no part was completed, so gene lists and splits left by a failed run are made again.
+    fresh = overwrite or not path.is_file() or not (run_dir / GENES_NAME).is_file()
     if fresh:
         gene_set = select_top_genes(reader.training(), n_genes=config.n_genes, target_sum=config.target_sum)
         gene_set.save(run_dir)
@@ -161,12 +177,14 @@ def prepare(run_dir: str | Path, config: PrepareConfig, *, overwrite: bool = Fal
         gene_set = GeneSet.load(run_dir)
     if fresh or not (run_dir / VARIABLE_GENES_NAME).is_file():
         variable = select_variable_genes(reader.training(), n_genes=config.n_variable_genes,
-                                         target_sum=config.target_sum)
+                                         target_sum=config.target_sum, option="--n-variable-genes")
         variable.save(run_dir, VARIABLE_GENES_NAME)
     else:
         variable = GeneSet.load(run_dir, VARIABLE_GENES_NAME)
-    if config.blocked_samples and (overwrite or not (run_dir / SPLIT_FILE).is_file()):
+    if config.blocked_samples and (fresh or not (run_dir / SPLIT_FILE).is_file()):
         reader.write_split(run_dir / SPLIT_FILE)
+    elif not config.blocked_samples:
+        (run_dir / SPLIT_FILE).unlink(missing_ok=True)  # left by an earlier blocked run of this folder
 
     for name in (*config.training_parts, *config.evaluation_parts):
         folder = sample_folder(run_dir, name)
@@ -228,8 +246,11 @@ class _PartReader:
         adata = self._read(sample)
         section = self.summary.pop(sample)
         xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-        result = block_split(xy, grid=self.config.block_grid, eval_fraction=self.config.eval_block_fraction,
-                             patch_size=self.config.patch_size, gap=self.config.gap, seed=self.config.split_seed)
+        try:
+            result = block_split(xy, grid=self.config.block_grid, eval_fraction=self.config.eval_block_fraction,
+                                 patch_size=self.config.patch_size, gap=self.config.gap, seed=self.config.split_seed)
+        except ValueError as error:
+            raise ValueError(f"Blocked sample {sample}: {error}") from None
         counts = result.counts()
         logger.info("%s: blocked split, %d training, %d evaluation and %d gap spots (held-out blocks %s)", sample,
                     counts[TRAIN], counts[EVAL], counts[GAP_LABEL], list(result.eval_blocks))

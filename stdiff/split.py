@@ -76,7 +76,8 @@ def block_split(xy: np.ndarray, *, grid: int, eval_fraction: float, patch_size: 
             split[index] = GAP
     if not (split == TRAIN).any():
         raise ValueError(
-            f"No training spot is left: every spot outside the held-out blocks lies within {reach} pixels of an "
-            "evaluation spot. Lower the evaluation fraction or the gap, or raise the block grid."
+            f"No training spot is left: every spot outside the held-out blocks lies within the patch size plus the "
+            f"gap ({patch_size} + {gap} full-resolution pixels) of an evaluation spot. Lower the gap, the "
+            "evaluation fraction or the block grid (fewer, larger blocks lose fewer spots to the gap)."
         )
     return BlockSplit(block=block, split=split.astype(str), eval_blocks=tuple(sorted(held)))

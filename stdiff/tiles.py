@@ -42,7 +42,7 @@ class TilePyramid:
         # The coarsest level fits in one tile.
         self.n_levels = max(1, math.ceil(math.log2(max(self.width, self.height) / self.tile_size)) + 1)
         on_disk = cache_dir is not None and (key is not None or image.path is not None)
-        self.folder = Path(cache_dir) / (key or _image_key(image)) if on_disk else None
+        self.folder = Path(cache_dir) / (key or _image_key(image, self.tile_size)) if on_disk else None
         self._memory: dict[tuple[int, int, int], np.ndarray] = {}
 
     def level_shape(self, level: int) -> tuple[int, int]:
@@ -78,13 +78,20 @@ class TilePyramid:
         pixels = self._make_tile(level, column, row, width, height)
         if path is None:
             self._memory[key] = pixels
-        else:
+            return pixels
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_bytes(buffer.getvalue())
             tmp.replace(path)
+        except OSError as error:
+            # A read-only or full cache folder only costs speed: keep this pyramid's tiles in memory instead.
+            logger.warning("Cannot write image tiles to %s (%s); keeping them in memory. Set STDIFF_CACHE_DIR to a "
+                           "writable folder to keep them between sessions.", self.folder, error)
+            self.folder = None
+            self._memory[key] = pixels
         return pixels
 
     def _make_tile(self, level: int, column: int, row: int, width: int, height: int) -> np.ndarray:
@@ -99,36 +106,45 @@ class TilePyramid:
              out_height: int) -> np.ndarray:
         """Draw the full-resolution rectangle (left, top, right, bottom) at ``out_width`` x ``out_height``,
         stitched from the tiles of the level that matches that zoom. Outside the image is white."""
-        if right <= left or bottom <= top or out_width < 1 or out_height < 1:
-            raise ValueError(f"View ({left}, {top}, {right}, {bottom}) at {out_width} x {out_height} pixels is "
-                             "empty.")
+        if not all(math.isfinite(v) for v in (left, top, right, bottom)) or right <= left or bottom <= top:
+            raise ValueError(f"View ({left}, {top}, {right}, {bottom}) must have finite edges with right > left and "
+                             "bottom > top.")
+        if out_width < 1 or out_height < 1:
+            raise ValueError(f"View size must be at least 1 x 1 pixels, got {out_width} x {out_height}.")
+        out = np.full((out_height, out_width, 3), 255, dtype=np.uint8)
         level = self.level_for(min((right - left) / out_width, (bottom - top) / out_height))
         factor = 2**level
         height, width = self.level_shape(level)
-        # The rectangle in level pixels, and the tiles it touches.
+        # The rectangle in level pixels, and the part of it inside the image.
         x0, y0, x1, y1 = left / factor, top / factor, right / factor, bottom / factor
-        first_column, first_row = max(0, int(x0 // self.tile_size)), max(0, int(y0 // self.tile_size))
-        last_column = min(math.ceil(width / self.tile_size), math.ceil(x1 / self.tile_size))
-        last_row = min(math.ceil(height / self.tile_size), math.ceil(y1 / self.tile_size))
-        origin_x, origin_y = first_column * self.tile_size, first_row * self.tile_size
-        canvas = np.full((max(1, (last_row - first_row) * self.tile_size),
-                          max(1, (last_column - first_column) * self.tile_size), 3), 255, dtype=np.uint8)
+        inside = (max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height)))
+        # Where that part lands in the output, in whole output pixels.
+        scale_x, scale_y = out_width / (x1 - x0), out_height / (y1 - y0)
+        out_left, out_right = round((inside[0] - x0) * scale_x), round((inside[2] - x0) * scale_x)
+        out_top, out_bottom = round((inside[1] - y0) * scale_y), round((inside[3] - y0) * scale_y)
+        if out_right <= out_left or out_bottom <= out_top:
+            return out  # the view lies outside the image
+        # Snap the part inside to the output pixel grid, so that the pasted block is not stretched.
+        inside = (x0 + out_left / scale_x, y0 + out_top / scale_y, x0 + out_right / scale_x, y0 + out_bottom / scale_y)
+        first_column, first_row = int(inside[0] // self.tile_size), int(inside[1] // self.tile_size)
+        last_column = min(math.ceil(width / self.tile_size), math.ceil(inside[2] / self.tile_size))
+        last_row = min(math.ceil(height / self.tile_size), math.ceil(inside[3] / self.tile_size))
+        canvas = np.full(((last_row - first_row) * self.tile_size, (last_column - first_column) * self.tile_size, 3),
+                         255, dtype=np.uint8)
         for row in range(first_row, last_row):
             for column in range(first_column, last_column):
                 pixels = self.tile(level, column, row)
                 y, x = (row - first_row) * self.tile_size, (column - first_column) * self.tile_size
                 canvas[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
-        # Pad with white where the view reaches past the image, then resample the exact box.
-        pad_left, pad_top = max(0, math.ceil(origin_x - x0)), max(0, math.ceil(origin_y - y0))
-        pad_right = max(0, math.ceil(x1 - (origin_x + canvas.shape[1])))
-        pad_bottom = max(0, math.ceil(y1 - (origin_y + canvas.shape[0])))
-        canvas = np.pad(canvas, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)), constant_values=255)
-        box = (x0 - origin_x + pad_left, y0 - origin_y + pad_top, x1 - origin_x + pad_left, y1 - origin_y + pad_top)
-        resized = Image.fromarray(canvas).resize((out_width, out_height), Image.Resampling.LANCZOS, box=box)
-        return np.asarray(resized)
+        origin_x, origin_y = first_column * self.tile_size, first_row * self.tile_size
+        box = (inside[0] - origin_x, inside[1] - origin_y, inside[2] - origin_x, inside[3] - origin_y)
+        part = Image.fromarray(canvas).resize((out_right - out_left, out_bottom - out_top), Image.Resampling.LANCZOS,
+                                              box=box)
+        out[out_top:out_bottom, out_left:out_right] = np.asarray(part)
+        return out
 
 
-def _image_key(image) -> str:
+def _image_key(image, tile_size: int) -> str:
     stat = Path(image.path).stat()
-    identity = f"{Path(image.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image.scale}|{TILE_SIZE}"
+    identity = f"{Path(image.path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image.scale}|{tile_size}"
     return hashlib.sha256(identity.encode()).hexdigest()[:16]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 
 import numpy as np
@@ -71,7 +72,11 @@ def patch_grid(table: pd.DataFrame, real_uris: list[str], generated_uris: list[s
         "generated": st.column_config.ImageColumn("Generated", width="small"),
         **{name: st.column_config.NumberColumn(name, format=_number_format(table[name])) for name in numeric},
     }
+    # The table's key names what it shows, so a selected row never carries over to other rows after a new sort,
+    # filter or page (Streamlit keeps a selection by row position).
+    view = hashlib.sha1(repr((sort_by, descending, filter_by, len(kept), page,
+                              tuple(shown["barcode"]))).encode()).hexdigest()[:12]
     event = st.dataframe(shown[columns], column_config=config, hide_index=True, on_select="rerun",
-                         selection_mode="single-row", key=f"{key}_table", row_height=70)
+                         selection_mode="single-row", key=f"{key}_table_{view}", row_height=70)
     rows = event.selection.rows if event and event.selection else []
     return str(shown.iloc[rows[0]]["barcode"]) if rows else None

@@ -28,18 +28,42 @@ VISIUM_DIAMETER_TO_PITCH = 55 / 100  # Visium spots are 55 µm wide on a 100 µm
 
 
 @st.cache_resource(show_spinner="Opening the full-resolution image…", max_entries=8)
-def tile_pyramid(sample_dir: str):
+def tile_pyramid(sample_dir: str, stored_only: bool = False):
+    """The sample's image pyramid; ``stored_only`` uses the hires (else lowres) image instead of the full-resolution
+    file."""
     from stdiff.io import open_tissue_image
     from stdiff.tiles import TilePyramid
 
-    return TilePyramid(open_tissue_image(load_sample(sample_dir)), settings.cache_dir() / "tiles")
+    adata = load_sample(sample_dir)
+    library = next(iter(adata.uns.get(SPATIAL_KEY, {}).values()), {})
+    if not library.get("metadata", {}).get("fullres_path") and not library.get("images"):
+        xy = np.asarray(adata.obsm[SPATIAL_KEY], dtype=np.float64)
+        margin = spot_diameter(adata)[0]
+        return TilePyramid(BlankImage(int(xy[:, 0].max() + margin) + 1, int(xy[:, 1].max() + margin) + 1))
+    image = open_tissue_image(adata, stored_only=stored_only)
+    return TilePyramid(image, settings.cache_dir() / "tiles")
+
+
+class BlankImage:
+    """A white stand-in for a sample without any tissue image, so that its spots can still be drawn."""
+
+    source = "blank"
+    scale = 1.0
+    path = None
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width_fullres, self.height_fullres = width, height
+
+    def read_region(self, left, top, right, bottom, *, out_width: int, out_height: int) -> np.ndarray:
+        return np.full((out_height, out_width, 3), 255, dtype=np.uint8)
 
 
 @st.cache_data(show_spinner="Drawing the image at this zoom…", max_entries=64)
 def window_image_uri(sample_dir: str, left: float, top: float, right: float, bottom: float, width: int,
-                     height: int) -> str:
-    """The window as a JPEG data URI, as the browser receives it."""
-    pixels = tile_pyramid(sample_dir).view(left, top, right, bottom, out_width=width, out_height=height)
+                     height: int, stored_only: bool = False) -> str:
+    """Return the window as a JPEG data URI, as the browser receives it."""
+    pyramid = tile_pyramid(sample_dir, stored_only)
+    pixels = pyramid.view(left, top, right, bottom, out_width=width, out_height=height)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=88)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -84,7 +108,7 @@ def make_window(pyramid, zoom: int, centre: tuple[float, float] | None, view_siz
     if zoom == 1 or centre is None:
         centre = (width / 2, height / 2)
     if zoom == 1:
-        screen_width, screen_height = round(width / downsample), round(height / downsample)
+        screen_width, screen_height = max(1, round(width / downsample)), max(1, round(height / downsample))
     else:
         screen_width = screen_height = view_size
     half_width, half_height = screen_width * downsample / 2, screen_height * downsample / 2

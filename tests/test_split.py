@@ -90,6 +90,29 @@ def test_block_split_one_spot_rejected():
         block_split(np.zeros((1, 2)), grid=4, eval_fraction=0.3, patch_size=150, gap=150)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(block_grid=1), "--block-grid must be at least 2"),
+        (dict(eval_block_fraction=1.0), "--eval-block-fraction must be between 0 and 1"),
+        (dict(block_gap=-5), "--block-gap must be 0 or more"),
+        (dict(n_variable_genes=0), "--n-variable-genes must be at least 1"),
+        (dict(blocked_samples=("c", "c")), "--blocked names c more than once"),
+        (dict(train_samples=("a", "a")), "--train names a more than once"),
+    ],
+)
+def test_prepare_config_rejects_split_settings(changes, message):
+    values = dict(data_dir="data", train_samples=("a",), blocked_samples=("c",))
+    values.update(changes)
+    with pytest.raises(ValueError, match=message):
+        PrepareConfig(**values)
+
+
+def test_prepare_config_gap_equal_to_patch_size_is_the_default():
+    assert PrepareConfig(data_dir="d", train_samples=("a",), block_gap=256) == PrepareConfig(
+        data_dir="d", train_samples=("a",))
+
+
 def test_prepare_config_blocked_sample_named_twice():
     with pytest.raises(ValueError, match="name each sample once"):
         PrepareConfig(data_dir="data", train_samples=("a",), blocked_samples=("a",))

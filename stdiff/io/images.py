@@ -565,7 +565,7 @@ def _resolve_library_id(adata: ad.AnnData, library_id: str | None) -> tuple[str,
     return library_id, spatial[library_id]
 
 
-def open_tissue_image(adata: ad.AnnData, library_id: str | None = None) -> TissueImage:
+def open_tissue_image(adata: ad.AnnData, library_id: str | None = None, *, stored_only: bool = False) -> TissueImage:
     """Open the sharpest image of a library for cropping patches.
 
     The full-resolution image recorded in ``uns["spatial"][library_id]["metadata"]["fullres_path"]`` is used
@@ -578,6 +578,9 @@ def open_tissue_image(adata: ad.AnnData, library_id: str | None = None) -> Tissu
         AnnData read by :func:`stdiff.io.read_visium`.
     library_id
         Library in ``uns["spatial"]``; may be omitted when there is only one.
+    stored_only
+        Skip the full-resolution file and use the hires or lowres image in ``uns``, for example when the
+        full-resolution file cannot be decoded.
 
     Returns
     -------
@@ -599,7 +602,7 @@ def open_tissue_image(adata: ad.AnnData, library_id: str | None = None) -> Tissu
     source_dir = metadata.get("source_dir", f'adata.uns["{SPATIAL_KEY}"]["{library_id}"]')
 
     fullres_path = metadata.get("fullres_path")
-    if fullres_path:
+    if fullres_path and not stored_only:
         path = Path(fullres_path)
         return TissueImage(_open_fullres(path), source="fullres", scale=1.0, path=path)
 

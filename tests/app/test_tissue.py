@@ -170,3 +170,26 @@ def test_patch_grid_sorts_and_filters(tissue, shared_data_dir):
     grid = tissue.dataframe[-1].value
     assert len(grid) == 5 and (grid["UMIs"] >= threshold).all()
     assert any("5 of 178 spots pass the filter" in caption.value for caption in tissue.main.get("caption"))
+
+
+def test_sample_the_model_cannot_read_keeps_viewer_and_grid(app_env):
+    """A mouse sample with the human demo model: no generation, but the image, colouring and grid still work."""
+    app = select_sample(open_app(), "visium-mouse-placenta-cytassist")
+    assert not app.exception
+
+    assert any("cannot read the sample's expression" in error.value for error in app.error)
+    assert app.get("plotly_chart")
+    grid = app.dataframe[-1].value
+    assert grid["real"].str.startswith("data:image/jpeg;base64,").all()
+
+
+def test_grid_selection_does_not_follow_a_new_sort(tissue):
+    """Changing the sort draws a table under another key, so no old row selection can pick a new spot."""
+    def grid_id():
+        return tissue.dataframe[-1].proto.id
+
+    before = grid_id()
+    tissue.toggle(key="tissue_grid_descending").set_value(False).run()
+
+    assert "tissue_grid_table" in before
+    assert grid_id() != before

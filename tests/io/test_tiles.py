@@ -140,3 +140,33 @@ def test_pyramid_unreadable_tile_is_made_again(image_file, tmp_path):
     tile = TilePyramid(_open(path), tmp_path / "tiles", tile_size=256).tile(0, 0, 0)
 
     assert np.abs(tile.astype(int) - pixels[:256, :256]).mean() < 3.0
+
+
+def test_pyramid_unwritable_cache_keeps_tiles_in_memory(image_file, tmp_path, caplog):
+    path, pixels = image_file
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a file where the cache folder should be")
+    pyramid = TilePyramid(_open(path), not_a_folder, tile_size=256)
+
+    view = pyramid.view(0, 0, 256, 256, out_width=256, out_height=256)
+
+    np.testing.assert_array_equal(view, pixels[:256, :256])
+    assert pyramid.folder is None
+    assert "keeping them in memory" in caplog.text
+
+
+def test_pyramid_view_much_larger_than_image(image_file):
+    path, _ = image_file
+    pyramid = TilePyramid(_open(path), tile_size=256)
+
+    view = pyramid.view(0, 0, 1e7, 1e7, out_width=10, out_height=10)
+
+    assert view.shape == (10, 10, 3)
+    assert (view[1:, :] == 255).all() and (view[:, 1:] == 255).all()
+
+
+@pytest.mark.parametrize("edges", [(0, 0, float("nan"), 5), (0, float("-inf"), 5, 5), (5, 5, 5, 9)])
+def test_pyramid_view_rejects_bad_edges(image_file, edges):
+    path, _ = image_file
+    with pytest.raises(ValueError, match="finite edges"):
+        TilePyramid(_open(path), tile_size=256).view(*edges, out_width=4, out_height=4)
