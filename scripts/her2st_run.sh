@@ -18,7 +18,10 @@ step train-ldm "$run" --steps 1200
 step reconstruct "$run"
 step reconstruct "$run" --name unconditional --guidance-scale 0 --n-per-spot 1
 step reconstruct "$run" --name retrieved --init retrieved --strength 0.6 --n-per-spot 1
-step evaluate "$run" --variants unconditional retrieved
+step reconstruct "$run" --name retrieved-s03 --init retrieved --strength 0.3 --n-per-spot 1
+step reconstruct "$run" --name nearest --init retrieved --retrieve-by expression --strength 0.6 --n-per-spot 1
+step reconstruct "$run" --name nearest-s03 --init retrieved --retrieve-by expression --strength 0.3 --n-per-spot 1
+step evaluate "$run" --variants unconditional retrieved retrieved-s03 nearest nearest-s03
 step export "$run" models/demo --half
 data=${STDIFF_DATA_DIR:-../shared/data}
 # Heatmap data shipped with the model: one training section and both held-out ones. The app computes the
