@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -161,6 +162,27 @@ def test_metrics_page_shows_split_and_seed_paper(app_env, monkeypatch, tmp_path,
     paper = app.dataframe[1].value
     assert paper["LPIPS"].iloc[0] == 1.095 and paper["CLIP cosine"].iloc[0] == 0.933
     assert "stdiff" in set(paper["method"])
+
+
+def test_metrics_page_of_the_blocked_model(app_env, monkeypatch):
+    """The model trained with a blocked split shows its real split and maps the evaluated blocks on C6."""
+    blocked = ROOT / "models" / "her2st-blocked"
+    if not (blocked / "evaluation" / "split.csv").is_file():
+        pytest.skip(f"blocked model missing: {blocked}")
+    monkeypatch.setenv("STDIFF_MODEL_DIR", str(blocked))
+    app = select_sample(open_app(), "her2st-C6")
+    app.switch_page("pages/2_Metrics.py").run()
+
+    assert not app.exception
+    split_chart = json.loads(app.get("plotly_chart")[0].proto.spec)
+    assert {trace["name"] for trace in split_chart["data"]} == {"train", "eval", "gap"}
+    assert any("her2st-C6 is split in spatial blocks" in block.value for block in app.markdown)
+    # The last chart maps the evaluated spots of her2st-C6.eval-blocks on the section picked in the sidebar.
+    metric_map = json.loads(app.get("plotly_chart")[-1].proto.spec)
+    x = metric_map["data"][0]["x"]
+    # plotly 6 writes numpy arrays as base64 typed arrays
+    n_points = len(base64.b64decode(x["bdata"])) // np.dtype(x["dtype"]).itemsize if isinstance(x, dict) else len(x)
+    assert n_points == 55
 
 
 def test_app_without_model_explains(app_env, monkeypatch, tmp_path):
