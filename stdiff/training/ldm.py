@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +140,12 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     if state:
         optimizer.load_state_dict(state["optimizer"])
-        for _ in range(start_step):
-            scheduler.step()
+        # Replaying the schedule puts the learning rate where training stopped. PyTorch warns because no optimizer
+        # step came first, which here is intended.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for _ in range(start_step):
+                scheduler.step()
         torch.set_rng_state(state["torch_rng"])
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
