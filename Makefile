@@ -18,4 +18,4 @@ app: install
 	$(BIN)/streamlit run app.py
 
 test: install
-	STDIFF_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	STDIFF_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs

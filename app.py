@@ -97,8 +97,11 @@ with st.sidebar:
         elif not metric_columns(reconstruction):
             st.caption("The stored reconstruction of this sample has no per-spot metrics (an older stdiff made "
                        "it); reconstruct the sample again on the Heatmaps page to add them.")
-    opacity = st.slider("Spot opacity", 0.0, 1.0, 0.35, 0.05, key="tissue_opacity",
-                        help="Fill of uncoloured spots; coloured spots are drawn at least at 0.2.")
+    # Plain spots are a light tint over the tissue; coloured spots need more ink to read.
+    coloured = values is not None
+    opacity = st.slider("Spot opacity", 0.0, 1.0, 0.85 if coloured else 0.35, 0.05,
+                        key="tissue_opacity_coloured" if coloured else "tissue_opacity",
+                        help="Fill of the spots; coloured spots are drawn at least at 0.2.")
     if pipeline is not None:
         st.header("Generation")
         n_patches = st.slider("Generated patches", 1, 6, 2, key="tissue_n_patches")
@@ -231,8 +234,10 @@ with explore:
                     generated = [generate_for_spot(selection.model_dir, tuple(float(v) for v in expression[i]), 1,
                                                    int(seed), float(guidance), int(steps), float(strength))[0]
                                  for i in shown]
-                st.image([patches[i] for i in shown], caption=[f"Real {barcodes[i]}" for i in shown], width=96)
-                st.image(generated, caption=[f"Generated {barcodes[i]}" for i in shown], width=96)
+                # Real and generated patch of each spot side by side.
+                pairs = [image for i, patch in zip(shown, generated) for image in (patches[i], patch)]
+                captions = [text for i in shown for text in (f"Real {barcodes[i]}", f"Generated {barcodes[i]}")]
+                st.image(pairs, caption=captions, width=96)
                 if len(indices) > MAX_GROUP:
                     st.caption(f"Patches of the first {MAX_GROUP} spots; the table lists all {len(indices)}.")
                 mean = pd.DataFrame({"gene": pipeline.genes, "mean log1p": expression[indices].mean(axis=0)})

@@ -5,7 +5,7 @@ import streamlit as st
 
 from stdiff_app.figures import background_image, tissue_figure
 from stdiff_app.loaders import reconstruction_path, sample_patches, stored_reconstruction
-from stdiff_app.reconstruction import run_reconstruction
+from stdiff_app.reconstruction import describe_settings, run_reconstruction
 from stdiff_app.sidebar import choose_sample_and_model, model_expression, require_pipeline
 from stdiff_app.spot_values import metric_columns
 
@@ -61,11 +61,11 @@ with left:
     st.plotly_chart(tissue_figure(adata, background=background, values=real_values, colorbar_title="log1p",
                                   cmin=cmin, cmax=cmax, height=480), key="heatmaps_real")
 with right:
-    st.subheader("Reconstructed from generated patches")
+    st.subheader("Reconstructed", help="Expression predicted back from a patch generated for each spot.")
     st.plotly_chart(tissue_figure(adata, background=background, values=reconstructed_values, colorbar_title="log1p",
                                   cmin=cmin, cmax=cmax, height=480), key="heatmaps_reconstructed")
 st.caption(f"Same colour scale on both maps ({cmin:.2f} to {cmax:.2f}, log1p of counts per 10,000). "
-           f"Reconstruction settings: {reconstruction['settings']}.")
+           f"Reconstruction: {describe_settings(reconstruction['settings'])}.")
 
 st.subheader("Per-spot metrics of the generated patches")
 metric_maps = metric_columns(reconstruction)

@@ -43,7 +43,14 @@ with st.expander("How training and evaluated spots were split", expanded=split_p
                    "evaluated patch and were used for neither.")
 
 labels = {name: f"{info.label} ({'↑' if info.higher_is_better else '↓'})" for name, info in METRICS.items()}
-sample = st.selectbox("Held-out sample", list(results), key="metrics_sample")
+held_out = list(results)
+sidebar_section = Path(selection.sample_dir).name
+# Start on the section picked in the sidebar when it was evaluated (a blocked section under its part name).
+if st.session_state.get("metrics_sample") not in held_out:
+    for name in held_out:
+        if name.removesuffix(EVAL_PART_SUFFIX) == sidebar_section:
+            st.session_state["metrics_sample"] = name
+sample = st.selectbox("Held-out sample", held_out, key="metrics_sample")
 
 
 def format_row(method: str, summary: dict) -> dict:
@@ -66,6 +73,13 @@ def format_row(method: str, summary: dict) -> dict:
 
 rows = [format_row(method, summary) for method, summary in results[sample].items()]
 st.dataframe(pd.DataFrame(rows), hide_index=True)
+st.caption("Rows: `stdiff` generates from noise; `stdiff_NAME` is a variant stored with `stdiff reconstruct --name "
+           "NAME` (for example `retrieved`: start from the CLIP-retrieved training patch; `nearest-s03`: start from "
+           "the nearest-expression training patch at strength 0.3; `unconditional`: guidance 0). The other "
+           "image rows are the baselines. `clip_model` (retrieval only) ranks real patches by the CLIP model itself; "
+           "`real_patch` and `nearest_training_expression` (expression r only) are the round trip of the spot's "
+           "real patch and the measured expression of the nearest training spot, the references the round trip "
+           "is read against.")
 st.caption("↑ higher is better, ↓ lower is better. Retrieval: the method's patch (for clip_model, the spot's "
            "expression) looks up the real patches of the sample in CLIP space; chance top-5 is 5 / spots. Fréchet "
            "distance: real vs method patches on EfficientNet-Lite0 features. SSIM and PSNR reward blurry averages "

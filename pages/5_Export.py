@@ -5,7 +5,6 @@ install. The reconstructed expression is the file the Heatmaps page stores for t
 """
 
 import io
-import json
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from stdiff_app.loaders import (
     reconstruction_path,
     sample_patches,
 )
+from stdiff_app.reconstruction import describe_settings
 from stdiff_app.sidebar import choose_sample_and_model, model_expression, require_pipeline
 
 PREFIX = "export_"
@@ -230,5 +230,4 @@ else:
     data = h5ad_bytes(selection.sample_dir, selection.model_dir, str(path), path.stat().st_mtime)
     st.download_button("AnnData with reconstruction (h5ad)", data, f"{sample_name}_stdiff.h5ad",
                        "application/octet-stream", key=f"{PREFIX}h5ad_download")
-    settings = json.loads(str(reconstruction["settings"]))
-    st.caption(f"Reconstruction settings: {settings}.")
+    st.caption(f"Reconstruction: {describe_settings(reconstruction['settings'])}.")

@@ -175,6 +175,8 @@ if run_name and not RUN_NAME.match(run_name):
 elif run_name:
     args = step_arguments(step, root, run_name, samples)
 
+if not run_name and step == "prepare":
+    st.caption("Enter a run folder name to choose samples and start.")
 if st.button("Start", key=f"{PREFIX}start", type="primary", disabled=args is None):
     busy = running_job_for(root, run_name)
     if busy is not None:

@@ -57,7 +57,8 @@ def patch_grid(table: pd.DataFrame, real_uris: list[str], generated_uris: list[s
     finite = values[np.isfinite(values)]
     kept = table
     if len(finite) and finite.min() < finite.max():
-        low, high = float(finite.min()), float(finite.max())
+        whole = np.allclose(finite, np.round(finite))
+        low, high = (int(finite.min()), int(finite.max())) if whole else (float(finite.min()), float(finite.max()))
         chosen = range_column.slider(f"{filter_by} between", low, high, (low, high), key=f"{key}_range_{filter_by}")
         kept = table[(values >= chosen[0]) & (values <= chosen[1])]
     kept = kept.sort_values(sort_by, ascending=not descending, na_position="last")
@@ -77,6 +78,7 @@ def patch_grid(table: pd.DataFrame, real_uris: list[str], generated_uris: list[s
     view = hashlib.sha1(repr((sort_by, descending, filter_by, len(kept), page,
                               tuple(shown["barcode"]))).encode()).hexdigest()[:12]
     event = st.dataframe(shown[columns], column_config=config, hide_index=True, on_select="rerun",
-                         selection_mode="single-row", key=f"{key}_table_{view}", row_height=70)
+                         selection_mode="single-row", key=f"{key}_table_{view}", row_height=70,
+                         height=70 * len(shown) + 40)
     rows = event.selection.rows if event and event.selection else []
     return str(shown.iloc[rows[0]]["barcode"]) if rows else None

@@ -176,9 +176,10 @@ def viewer_figure(adata, window: Window, image_uri: str, *, diameter: float, val
     figure.update_xaxes(range=[window.left, window.right], visible=False, fixedrange=True)
     figure.update_yaxes(range=[window.bottom, window.top], visible=False, fixedrange=True)
     # Colour bars take room to the right of the image; the plot area keeps the window's exact pixel size.
-    right_margin = 90 if values is not None else 0
-    figure.update_layout(width=window.width + right_margin, height=window.height, autosize=False,
-                         margin=dict(l=0, r=right_margin, t=0, b=0), showlegend=False, dragmode=False,
+    # The chart's toolbar appears above the plot area on hover, clear of the image and the colour bar.
+    right_margin, top_margin = (90, 28) if values is not None else (0, 28)
+    figure.update_layout(width=window.width + right_margin, height=window.height + top_margin, autosize=False,
+                         margin=dict(l=0, r=right_margin, t=top_margin, b=0), showlegend=False, dragmode=False,
                          plot_bgcolor="white")
     return figure
 
