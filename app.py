@@ -234,10 +234,11 @@ with explore:
                     generated = [generate_for_spot(selection.model_dir, tuple(float(v) for v in expression[i]), 1,
                                                    int(seed), float(guidance), int(steps), float(strength))[0]
                                  for i in shown]
-                # Real and generated patch of each spot side by side.
-                pairs = [image for i, patch in zip(shown, generated) for image in (patches[i], patch)]
-                captions = [text for i in shown for text in (f"Real {barcodes[i]}", f"Generated {barcodes[i]}")]
-                st.image(pairs, caption=captions, width=96)
+                # Real and generated patch of each spot side by side, two spots to a row.
+                for first in range(0, len(shown), 2):
+                    for column, i, patch in zip(st.columns(2), shown[first : first + 2], generated[first : first + 2]):
+                        column.image([patches[i], patch], caption=[f"Real {barcodes[i]}", f"Generated {barcodes[i]}"],
+                                     width=84)
                 if len(indices) > MAX_GROUP:
                     st.caption(f"Patches of the first {MAX_GROUP} spots; the table lists all {len(indices)}.")
                 mean = pd.DataFrame({"gene": pipeline.genes, "mean log1p": expression[indices].mean(axis=0)})

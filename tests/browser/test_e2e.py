@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -191,7 +192,9 @@ def test_browser_walkthrough(server):
                 page.mouse.move(cx + fx * rx, cy + fy * ry, steps=8)
             page.mouse.up()
             expect(page.get_by_text("spots in the lasso")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("Generated ", exact=False).first).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
+            # Lasso captions name the spot ("Generated 14x15"), unlike the single-spot ones ("Generated 1").
+            expect(page.get_by_text(re.compile(r"^Generated \d+x\d+$")).first).to_be_visible(
+                timeout=GENERATION_TIMEOUT_MS)
             wait_until_idle(page)
             screenshot(page, "1b-tissue-lasso")
             page.get_by_role("button", name="Clear the lasso selection").click()
