@@ -88,8 +88,8 @@ st.caption("↑ higher is better, ↓ lower is better. Retrieval: the method's p
 paper = metadata.get("seed_paper", SEED_PAPER_FIGURES)
 ours = [{"method": method, "CLIP cosine": summary["clip_cosine"]["mean"], "LPIPS": summary["lpips"]["mean"],
          "SSIM": summary["ssim"]["mean"]} for method, summary in results[sample].items() if "lpips" in summary]
-st.subheader("Beside the seed paper")
-st.dataframe(pd.DataFrame([{"method": "seed paper (its own data and protocol)", "CLIP cosine": paper["clip_cosine"],
+st.subheader("Beside the published figures")
+st.dataframe(pd.DataFrame([{"method": "published (its own data and protocol)", "CLIP cosine": paper["clip_cosine"],
                             "LPIPS": paper["lpips"], "SSIM": paper["ssim"]}, *ours]),
              hide_index=True, column_config={name: st.column_config.NumberColumn(format="%.3f")
                                              for name in ("CLIP cosine", "LPIPS", "SSIM")})

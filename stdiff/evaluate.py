@@ -334,7 +334,7 @@ def format_report(results: dict, *, k_neighbors: int = 10, split: str = "") -> s
         "training spot nearest in expression. A copied training patch (nearest_expression_patch) maps back to "
         "about that value, which is why it can score above the real patch.",
         "",
-        "## Beside the seed paper",
+        "## Beside the published figures",
         "",
         "The publication this project started from reported, on its own data and protocol: mean cosine "
         f"{SEED_PAPER_FIGURES['clip_cosine']}, LPIPS {SEED_PAPER_FIGURES['lpips']}, "

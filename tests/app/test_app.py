@@ -136,7 +136,7 @@ def test_metrics_page_lists_baselines(app_env):
 
 
 def test_metrics_page_shows_split_and_seed_paper(app_env, monkeypatch, tmp_path, shared_data_dir):
-    """A blocked split stored with the evaluation is drawn on its section; the seed paper's figures are listed."""
+    """A blocked split stored with the evaluation is drawn on its section; the published figures are listed."""
     import pandas as pd
 
     from stdiff.io import read_visium
