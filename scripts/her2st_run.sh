@@ -6,12 +6,7 @@ set -euo pipefail
 run=${1:-runs/her2st}
 log="$run/timings.txt"
 mkdir -p "$run"
-step() {
-  local start=$SECONDS
-  echo "+ stdiff $*" | tee -a "$log"
-  stdiff "$@"
-  echo "  $((SECONDS - start)) s" | tee -a "$log"
-}
+source "$(dirname "$0")/steps.sh"
 step prepare --run-dir "$run" --train her2st-C2 her2st-C3 her2st-C4 her2st-C5 --eval her2st-C6 her2st-B4
 step train-clip "$run"
 step train-ldm "$run" --steps 1200

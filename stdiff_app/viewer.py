@@ -27,7 +27,9 @@ VIEW_SIZE = 560  # pixels of the longer side of the viewer
 VISIUM_DIAMETER_TO_PITCH = 55 / 100  # Visium spots are 55 µm wide on a 100 µm centre-to-centre grid
 
 
-@st.cache_resource(show_spinner="Opening the full-resolution image…", max_entries=8)
+# A JPEG or PNG pyramid keeps its decoded image (about 0.3 GB for 10,000 x 10,000 pixels) for new tiles, so only
+# the two most recent samples keep one.
+@st.cache_resource(show_spinner="Opening the full-resolution image…", max_entries=2)
 def tile_pyramid(sample_dir: str, stored_only: bool = False):
     """The sample's image pyramid; ``stored_only`` uses the hires (else lowres) image instead of the full-resolution
     file."""
