@@ -51,15 +51,15 @@ class TilePyramid:
         return math.ceil(self.height / factor), math.ceil(self.width / factor)
 
     def level_for(self, downsample: float) -> int:
-        """The coarsest level that still has at least one pixel per displayed pixel at ``downsample``
+        """Return the coarsest level that still has at least one pixel per displayed pixel at ``downsample``
         full-resolution pixels per displayed pixel."""
         if downsample <= 1:
             return 0
         return min(self.n_levels - 1, int(math.floor(math.log2(downsample))))
 
     def tile(self, level: int, column: int, row: int) -> np.ndarray:
-        """The tile at ``column``, ``row`` of ``level``: uint8 (h, w, 3), smaller than the tile size at the right
-        and bottom edges."""
+        """Return the tile at ``column``, ``row`` of ``level``: uint8 (h, w, 3), smaller than the tile size at the
+        right and bottom edges."""
         height, width = self.level_shape(level)
         columns, rows = math.ceil(width / self.tile_size), math.ceil(height / self.tile_size)
         if not (0 <= level < self.n_levels and 0 <= column < columns and 0 <= row < rows):

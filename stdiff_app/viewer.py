@@ -31,8 +31,8 @@ VISIUM_DIAMETER_TO_PITCH = 55 / 100  # Visium spots are 55 µm wide on a 100 µm
 # the two most recent samples keep one.
 @st.cache_resource(show_spinner="Opening the full-resolution image…", max_entries=2)
 def tile_pyramid(sample_dir: str, stored_only: bool = False):
-    """The sample's image pyramid; ``stored_only`` uses the hires (else lowres) image instead of the full-resolution
-    file."""
+    """Return the sample's image pyramid; ``stored_only`` uses the hires (else lowres) image instead of the
+    full-resolution file."""
     from stdiff.io import open_tissue_image
     from stdiff.tiles import TilePyramid
 
