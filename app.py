@@ -7,8 +7,8 @@ STDIFF_MODEL_DIR (default ``models/demo``); see the README.
 
 import streamlit as st
 
-# The first start of a server imports PyTorch, scanpy and the model code, which takes a while on a slow
-# disk; say so instead of showing a blank page.
+# The first start of a server imports PyTorch, scanpy and the model code, which takes a while on a slow disk. A
+# spinner explains the wait instead of a blank page.
 with st.spinner("Starting stdiff: loading PyTorch and scanpy (first start only)…"):
     import numpy as np
     import pandas as pd

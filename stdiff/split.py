@@ -21,7 +21,7 @@ SPLIT_FILE = "split.csv"  # per spot: sample, barcode, x, y, block, split
 
 @dataclass(frozen=True)
 class BlockSplit:
-    """Where each spot of a section went: block index and one of ``train``, ``eval``, ``gap``."""
+    """Assignment of each spot of a section: its block index and one of ``train``, ``eval``, ``gap``."""
 
     block: np.ndarray  # int (n_spots,): grid cell, row-major over the grid
     split: np.ndarray  # str (n_spots,)
@@ -35,8 +35,8 @@ def block_split(xy: np.ndarray, *, grid: int, eval_fraction: float, patch_size: 
                 seed: int = 0) -> BlockSplit:
     """Split spots at full-resolution positions ``xy`` (n_spots, 2) into training, evaluation and gap spots.
 
-    Grid cells holding spots are visited in a seeded random order and held out until at least
-    ``eval_fraction`` of the spots are evaluation spots; at least one cell stays for training.
+    Grid cells that contain spots are visited in a seeded random order and held out until at least
+    ``eval_fraction`` of the spots are evaluation spots. At least one cell stays for training.
 
     Raises
     ------
@@ -61,12 +61,12 @@ def block_split(xy: np.ndarray, *, grid: int, eval_fraction: float, patch_size: 
     if len(occupied) < 2:
         raise ValueError("All spots fall into one grid cell; raise the block grid.")
     order = np.random.default_rng(seed).permutation(occupied)
-    held = []
+    held_out = []
     for candidate in order[:-1]:
-        held.append(int(candidate))
-        if np.isin(block, held).mean() >= eval_fraction:
+        held_out.append(int(candidate))
+        if np.isin(block, held_out).mean() >= eval_fraction:
             break
-    is_eval = np.isin(block, held)
+    is_eval = np.isin(block, held_out)
     split = np.where(is_eval, EVAL, TRAIN).astype(object)
     reach = patch_size + gap
     evaluated = xy[is_eval]
@@ -80,4 +80,4 @@ def block_split(xy: np.ndarray, *, grid: int, eval_fraction: float, patch_size: 
             f"gap ({patch_size} + {gap} full-resolution pixels) of an evaluation spot. Lower the gap, the "
             "evaluation fraction or the block grid (fewer, larger blocks lose fewer spots to the gap)."
         )
-    return BlockSplit(block=block, split=split.astype(str), eval_blocks=tuple(sorted(held)))
+    return BlockSplit(block=block, split=split.astype(str), eval_blocks=tuple(sorted(held_out)))

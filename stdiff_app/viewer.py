@@ -73,7 +73,7 @@ def window_image_uri(sample_dir: str, left: float, top: float, right: float, bot
 
 @dataclass(frozen=True)
 class Window:
-    """The part of the image in view, in full-resolution pixels, and its size on screen."""
+    """Part of the image in view, in full-resolution pixels, and its size on screen."""
 
     left: float
     top: float

@@ -108,7 +108,7 @@ def test_prepare_config_rejects_split_settings(changes, message):
         PrepareConfig(**values)
 
 
-def test_prepare_config_gap_equal_to_patch_size_is_the_default():
+def test_gap_of_patch_size_is_default():
     assert PrepareConfig(data_dir="d", train_samples=("a",), block_gap=256) == PrepareConfig(
         data_dir="d", train_samples=("a",))
 

@@ -97,7 +97,7 @@ def train_ldm(run_dir: str | Path, config: LdmTrainConfig = LdmTrainConfig(), *,
     cache = run_dir / LATENT_CACHE
     latents = np.load(cache, mmap_mode="r") if cache.is_file() else None
     if latents is not None and latents.shape[1] != len(data):
-        logger.warning("Ignoring %s: it holds latents of %d patches, not %d", cache, latents.shape[1], len(data))
+        logger.warning("Ignoring %s: it contains latents of %d patches, not %d", cache, latents.shape[1], len(data))
         latents = None
     if latents is None:
         latents = encode_latents(data.patches, TAEF2.from_pretrained(), device)

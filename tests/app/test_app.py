@@ -105,7 +105,8 @@ def test_heatmaps_reconstruct_button(app_env, monkeypatch, tmp_path):
     with np.load(stored[0]) as reconstruction:
         lpips = reconstruction["metric_lpips"]
         assert reconstruction["thumbnails"].shape[0] == len(lpips) == 178
-    assert np.isfinite(lpips).all() and (lpips > 0).all()
+    assert np.isfinite(lpips).all()
+    assert (lpips > 0).all()
     metric_marker = json.loads(app.get("plotly_chart")[2].proto.spec)["data"][0]["marker"]
     assert "CLIP cosine" in metric_marker["colorbar"]["title"]["text"]
 
@@ -160,7 +161,8 @@ def test_metrics_page_shows_split_and_seed_paper(app_env, monkeypatch, tmp_path,
     split_chart = json.loads(app.get("plotly_chart")[0].proto.spec)
     assert {trace["name"] for trace in split_chart["data"]} == {"train", "eval", "gap"}
     paper = app.dataframe[1].value
-    assert paper["LPIPS"].iloc[0] == 1.095 and paper["CLIP cosine"].iloc[0] == 0.933
+    assert paper["LPIPS"].iloc[0] == 1.095
+    assert paper["CLIP cosine"].iloc[0] == 0.933
     assert "stdiff" in set(paper["method"])
 
 

@@ -109,7 +109,8 @@ def test_pyramid_view_past_the_edge_is_white(image_file):
 
     view = pyramid.view(1400, 1000, 1600, 1200, out_width=200, out_height=200)
 
-    assert (view[150:, :] == 255).all() and (view[:, 150:] == 255).all()
+    assert (view[150:, :] == 255).all()
+    assert (view[:, 150:] == 255).all()
     assert not (view[:90, :90] == 255).all()
 
 
@@ -162,7 +163,8 @@ def test_pyramid_view_much_larger_than_image(image_file):
     view = pyramid.view(0, 0, 1e7, 1e7, out_width=10, out_height=10)
 
     assert view.shape == (10, 10, 3)
-    assert (view[1:, :] == 255).all() and (view[:, 1:] == 255).all()
+    assert (view[1:, :] == 255).all()
+    assert (view[:, 1:] == 255).all()
 
 
 @pytest.mark.parametrize("edges", [(0, 0, float("nan"), 5), (0, float("-inf"), 5, 5), (5, 5, 5, 9)])
