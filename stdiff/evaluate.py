@@ -8,7 +8,8 @@ Methods compared on every evaluated spot:
 ``stdiff``
     Patches generated from the spot's expression (metrics averaged over the patches of a spot).
 ``random_train_patch``
-    A training patch drawn at random (seeded).
+    A training patch drawn at random, :data:`RANDOM_DRAWS` seeded draws per spot; metrics are averaged over the
+    draws as they are over the generated patches of a spot.
 ``nearest_expression_patch``
     The training patch whose log1p expression is nearest (Euclidean) to the spot's.
 ``clip_retrieval``
@@ -38,6 +39,7 @@ from .reconstruct import reconstruction_folder
 logger = logging.getLogger(__name__)
 
 EVALUATE_DIR = "evaluate"
+RANDOM_DRAWS = 5  # random training patches scored per spot
 METHODS = ("stdiff", "random_train_patch", "nearest_expression_patch", "clip_retrieval", "mean_train_patch")
 IMAGE_METRICS = ("clip_cosine", "clip_cosine_mismatched", "lpips", "ssim", "psnr")
 
@@ -82,15 +84,22 @@ def per_gene_pearson(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
         return np.where(varies & (denominator > 0), (p * m).sum(axis=0) / denominator, np.nan)
 
 
+def random_patch_indices(n_spots: int, n_train: int, *, seed: int = 0, draws: int = RANDOM_DRAWS) -> np.ndarray:
+    """Return the training patches drawn for the random baseline: int (n_spots, draws), seeded."""
+    return np.random.default_rng(seed).integers(n_train, size=(n_spots, draws))
+
+
 def baseline_patches(pipeline, data, train, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """The baseline patches for every spot of ``data``, keyed by method name."""
-    rng = np.random.default_rng(seed)
+    """Return the baseline patches for every spot of ``data``, keyed by method name.
+
+    Each value is uint8 (n_spots, R, R, 3), or (n_spots, draws, R, R, 3) for the random baseline.
+    """
     train_patches = np.asarray(train.patches)
     distances = ((data.expression[:, None, :] - train.expression[None, :, :]) ** 2).sum(axis=-1)
     retrieval = pipeline.embed_expression(data.expression) @ pipeline.reference["image_embeds"].numpy().T
     mean_patch = train_patches.astype(np.float64).mean(axis=0).round().astype(np.uint8)
     return {
-        "random_train_patch": train_patches[rng.integers(len(train_patches), size=len(data))],
+        "random_train_patch": train_patches[random_patch_indices(len(data), len(train_patches), seed=seed)],
         "nearest_expression_patch": train_patches[np.argmin(distances, axis=1)],
         "clip_retrieval": train_patches[np.argmax(retrieval, axis=1)],
         "mean_train_patch": np.broadcast_to(mean_patch, (len(data), *mean_patch.shape)).copy(),
@@ -106,9 +115,13 @@ def retrieval_ranks(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (similarity >= np.diag(similarity)[:, None]).sum(axis=1) - 1
 
 
-def retrieval_summary(ranks: np.ndarray) -> dict:
-    """Top-1 and top-5 accuracy and median rank, with the chance level of top-5 for comparison."""
-    n = len(ranks)
+def retrieval_summary(ranks: np.ndarray, n_targets: int | None = None) -> dict:
+    """Return top-1 and top-5 accuracy and median rank, with the chance level of top-5 for comparison.
+
+    ``n_targets`` is the number of patches each query ranks (default: one per rank, as when every spot queries
+    once); ranks of several queries per spot are pooled.
+    """
+    n = len(ranks) if n_targets is None else n_targets
     return {"top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),
             "median_rank": float(np.median(ranks)), "n": n, "chance_top5": min(1.0, 5 / max(n, 1))}
 
@@ -176,21 +189,19 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
         sample_results = {}
         for method, patches in candidates.items():
             logger.info("Scoring %s on %s", method, name)
+            # Every method is scored as (n_spots, copies, R, R, 3): several generated patches or random draws per
+            # spot, one patch for the other baselines. Metrics are averaged over a spot's copies.
+            copies = np.load(folders[method] / "generated.npy") if patches is None else patches
+            copies = copies if copies.ndim == 5 else copies[:, None]
+            embeds = [pipeline.embed_images(copies[:, j]) for j in range(copies.shape[1])]
+            per_copy = [score_patches(pipeline, real, copies[:, j], seed=seed, real_embeds=real_embeds,
+                                      candidate_embeds=embeds[j]) for j in range(copies.shape[1])]
+            scores = {key: np.mean([c[key] for c in per_copy], axis=0) for key in per_copy[0]}
             if patches is None:
-                generated = np.load(folders[method] / "generated.npy")
-                embeds = [pipeline.embed_images(generated[:, j]) for j in range(generated.shape[1])]
-                copies = [score_patches(pipeline, real, generated[:, j], seed=seed, real_embeds=real_embeds,
-                                        candidate_embeds=embeds[j]) for j in range(generated.shape[1])]
-                scores = {key: np.mean([c[key] for c in copies], axis=0) for key in copies[0]}
                 predicted = np.load(folders[method] / "reconstructed_expression.npy")
-                first = generated[:, 0]
             else:
-                embeds = [pipeline.embed_images(patches)]
-                scores = score_patches(pipeline, real, patches, seed=seed, real_embeds=real_embeds,
-                                       candidate_embeds=embeds[0])
-                predicted = pipeline.predict_from_embeddings(embeds[0], k=k_neighbors)
-                first = patches
-            ranks = retrieval_ranks(embeds[0], real_embeds)
+                predicted = np.mean([pipeline.predict_from_embeddings(e, k=k_neighbors) for e in embeds], axis=0)
+            ranks = np.stack([retrieval_ranks(e, real_embeds) for e in embeds], axis=1)  # (n_spots, copies)
             summary = summarize(scores, seed=seed)
             r = per_gene_pearson(predicted, data.expression)
             summary["expression_r_top_genes"] = {"mean": _nanmean(r), "n": int(np.isfinite(r).sum())}
@@ -199,10 +210,12 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
                                      for e in embeds], axis=0)
                 r = per_gene_pearson(predicted, data.variable_expression)
                 summary["expression_r_variable_genes"] = {"mean": _nanmean(r), "n": int(np.isfinite(r).sum())}
-            summary["retrieval"] = retrieval_summary(ranks)
-            summary["frechet_distance"] = {"mean": frechet_distance(real_features, backbone_features(pipeline, first))}
+            summary["retrieval"] = retrieval_summary(ranks.ravel(), n_targets=len(real))
+            distances = [frechet_distance(real_features, backbone_features(pipeline, copies[:, j]))
+                         for j in range(copies.shape[1])]
+            summary["frechet_distance"] = {"mean": float(np.mean(distances)), "copies": len(distances)}
             sample_results[method] = summary
-            frame = pd.DataFrame({**scores, "retrieval_rank": ranks})
+            frame = pd.DataFrame({**scores, "retrieval_rank": ranks.mean(axis=1)})
             frame.insert(0, "method", method)
             frame.insert(0, "barcode", data.spots["barcode"].to_numpy())
             frame.insert(0, "sample", name)
@@ -233,6 +246,7 @@ def evaluate(run_dir: str | Path, *, samples: Sequence[str] | None = None, seed:
     out = run_dir / EVALUATE_DIR
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"samples": samples, "train_samples": list(prepare_config.training_parts), "seed": seed,
+                "random_draws": RANDOM_DRAWS,
                 "variants": list(variants), "prepare": prepare_summary, "k_neighbors": k_neighbors,
                 "split": describe_split(prepare_config, prepare_summary), "seed_paper": SEED_PAPER_FIGURES,
                 "metrics": {k: vars(v) for k, v in METRICS.items()}}
@@ -322,8 +336,10 @@ def format_report(results: dict, *, k_neighbors: int = 10, split: str = "") -> s
     lines += [
         "Brackets: bootstrap 95% interval of the mean over spots. Retrieval: the method's patch (for clip_model, "
         "the spot's expression) queries the real patches of the sample in CLIP space; the rank of the spot's own "
-        "real patch is reported. SSIM and PSNR favour blurry averages (see mean_train_patch), so read them with "
-        "LPIPS, the CLIP cosine and the Frechet distance.",
+        "real patch is reported. Methods with several patches per spot (stdiff's generated patches, "
+        f"{RANDOM_DRAWS} draws of random_train_patch) are averaged over them: per-spot metrics, predicted "
+        "expression and Frechet distance by mean, retrieval ranks pooled. SSIM and PSNR favour blurry averages "
+        "(see mean_train_patch), so read them with LPIPS, the CLIP cosine and the Frechet distance.",
         "",
         "Expression r: expression is predicted from a patch as the similarity-weighted mean over the "
         f"{k_neighbors} training spots nearest in CLIP image space; Pearson r between predicted and measured "

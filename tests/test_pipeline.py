@@ -26,9 +26,11 @@ from stdiff.evaluate import (
     EVALUATE_DIR,
     IMAGE_METRICS,
     METHODS,
+    RANDOM_DRAWS,
     evaluate,
     format_report,
     per_gene_pearson,
+    random_patch_indices,
     retrieval_ranks,
     retrieval_summary,
 )
@@ -564,6 +566,25 @@ def test_evaluate_mean_patch_scores(run, evaluated, train_data, eval_data):
 
     np.testing.assert_allclose(rows["psnr"].to_numpy(), psnr(real, candidates))
     np.testing.assert_allclose(rows["ssim"].to_numpy(), ssim(real, candidates))
+
+
+@pytest.mark.slow
+def test_evaluate_random_baseline_averages_draws(run, evaluated, train_data, eval_data):
+    """The random baseline's per-spot LPIPS is the mean over its seeded draws, not one draw."""
+    from stdiff.metrics import lpips_distance
+
+    table = pd.read_csv(run / EVALUATE_DIR / "per_spot.csv")
+    rows = table[table["method"] == "random_train_patch"]
+    real = np.asarray(eval_data.patches)
+    draws = random_patch_indices(len(real), len(train_data), seed=0)
+    per_draw = [lpips_distance(real, np.asarray(train_data.patches)[draws[:, j]]) for j in range(RANDOM_DRAWS)]
+
+    assert draws.shape == (len(real), RANDOM_DRAWS)
+    np.testing.assert_allclose(rows["lpips"].to_numpy(), np.mean(per_draw, axis=0), rtol=1e-5)
+    assert not np.allclose(rows["lpips"].to_numpy(), per_draw[0])
+    payload = json.loads((run / EVALUATE_DIR / "metrics.json").read_text())
+    assert payload["metadata"]["random_draws"] == RANDOM_DRAWS
+    assert payload["results"][EVAL_SAMPLE]["random_train_patch"]["retrieval"]["n"] == len(real)
 
 
 @pytest.mark.slow
