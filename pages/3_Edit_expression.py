@@ -151,14 +151,16 @@ if st.session_state.get(f"{PREFIX}context") != context:
     reset_profile(context, original, genes)
 edited_values: dict[str, float] = st.session_state[f"{PREFIX}edited"]
 
+# Full width, so that the chosen genes stay readable.
+if f"{PREFIX}genes" not in st.session_state:
+    st.session_state[f"{PREFIX}genes"] = st.session_state[f"{PREFIX}slider_genes"]
+slider_genes = st.multiselect("Genes to edit", genes, key=f"{PREFIX}genes",
+                              help="Each chosen gene gets a slider. Genes you do not edit keep their value.")
+st.session_state[f"{PREFIX}slider_genes"] = slider_genes
+
 controls, results = st.columns([2, 3], gap="large")
 with controls:
     st.subheader("Profile")
-    if f"{PREFIX}genes" not in st.session_state:
-        st.session_state[f"{PREFIX}genes"] = st.session_state[f"{PREFIX}slider_genes"]
-    slider_genes = st.multiselect("Genes to edit", genes, key=f"{PREFIX}genes",
-                           help="Each chosen gene gets a slider. Genes you do not edit keep their value.")
-    st.session_state[f"{PREFIX}slider_genes"] = slider_genes
     for gene in slider_genes:
         column = genes.index(gene)
         upper = float(max(slider_max[column], edited_values[gene]))

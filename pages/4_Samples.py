@@ -8,8 +8,11 @@ import plotly.express as px
 import streamlit as st
 from PIL import Image
 
+from stdiff import settings
+from stdiff.cache import cache_entries, clear_cache, summary_rows
 from stdiff.constants import SPATIAL_KEY
 from stdiff.expression import total_counts
+from stdiff.io.archive import format_bytes
 from stdiff.io.images import read_image_size
 from stdiff_app.loaders import list_sample_folders, load_sample
 from stdiff_app.sidebar import choose_sample_and_model
@@ -87,7 +90,8 @@ with st.spinner("Reading the samples…"):
         rows.append(row)
 
 table = pd.DataFrame(rows)
-st.dataframe(table, hide_index=True)
+# Sample names are often long (visium-mouse-placenta-cytassist); keep them whole.
+st.dataframe(table, hide_index=True, column_config={"sample": st.column_config.TextColumn(width="medium", pinned=True)})
 failed = [row for row in rows if "error" in row]
 for row in failed:
     st.error(f"Could not read `{row['sample']}`: {row['error']}")
@@ -114,3 +118,38 @@ if details:
                    "reads them as 0, so patches generated here are less reliable.")
     for warning in summary["warnings"]:
         st.warning(warning)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def cache_usage(cache_dir: str) -> list[dict]:
+    return summary_rows(cache_entries(root=cache_dir))
+
+
+def clear_app_cache(cache_dir: str, sample_dir: str) -> None:
+    """Clear uploads, tiles and reconstructions before the page reruns, so that the table shows the result."""
+    try:
+        removed = clear_cache(root=cache_dir, keep=[sample_dir])
+    except OSError as error:
+        message = ("error", f"Failed to clear `{cache_dir}`: {error}. Check the folder's permissions, or remove "
+                            "its uploads, tiles and reconstructions folders by hand.")
+    else:
+        message = ("success", f"Removed {len(removed)} entries ({format_bytes(sum(e.size_bytes for e in removed))}). "
+                              "The sample in use and downloaded weights were kept.")
+    cache_usage.clear()
+    st.session_state[f"{PREFIX}cache_message"] = message
+
+
+cache_dir = str(settings.cache_dir())
+usage = cache_usage(cache_dir)
+with st.expander(f"Cache folder: {format_bytes(sum(row['size_bytes'] for row in usage))}"):
+    st.caption(f"`{cache_dir}` keeps unpacked uploads, image tiles and reconstructions so that they are not made "
+               "again. Set `STDIFF_CACHE_DIR` to move it; `stdiff cache` lists and clears it from a terminal.")
+    st.dataframe(pd.DataFrame([{"part": row["part"], "entries": row["entries"], "size": format_bytes(row["size_bytes"]),
+                                "oldest (days)": row["oldest_days"], "contents": row["contents"]} for row in usage]),
+                 hide_index=True, column_config={"oldest (days)": st.column_config.NumberColumn(format="%.0f")})
+    st.button("Clear uploads, tiles and reconstructions", key=f"{PREFIX}clear_cache", on_click=clear_app_cache,
+              args=(cache_dir, selection.sample_dir),
+              help="Downloaded weights and the sample in use are kept. Everything removed is made again when needed.")
+    if f"{PREFIX}cache_message" in st.session_state:
+        kind, text = st.session_state.pop(f"{PREFIX}cache_message")
+        getattr(st, kind)(text)

@@ -147,7 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", type=Path)
     p.add_argument("--half", action="store_true",
                    help="Store the UNet weights as float16 (half the size; they load back as float32).")
+
+    p = subparsers.add_parser("cache", help="Show the cache folder's contents (STDIFF_CACHE_DIR); --clear removes them.")
+    p.add_argument("--clear", nargs="*", metavar="PART",
+                   help="Remove these parts: uploads, tiles, reconstructions, taef2, or all. Without a part: uploads, "
+                        "tiles and reconstructions (downloaded weights stay).")
+    p.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="With --clear, remove only entries not written to for this many days.")
+    p.add_argument("--dry-run", action="store_true", help="With --clear, list what would be removed and keep it.")
     return parser
+
+
+def _run_cache(args) -> None:
+    from .cache import DEFAULT_CLEAR, cache_entries, clear_cache, resolve_parts, summary_lines
+    from .io.archive import format_bytes
+
+    if args.clear is None:
+        if args.older_than is not None or args.dry_run:
+            raise ValueError("--older-than and --dry-run apply to --clear; add --clear to remove entries.")
+        for line in summary_lines(cache_entries()):
+            print(line)
+        return
+    parts = resolve_parts(args.clear or DEFAULT_CLEAR)
+    removed = clear_cache(parts, older_than_days=args.older_than, dry_run=args.dry_run)
+    verb = "Would remove" if args.dry_run else "Removed"
+    for entry in removed:
+        logger.info("%s %s (%s)", verb, entry.path, format_bytes(entry.size_bytes))
+    logger.info("%s %d entries, %s, from %s.", verb, len(removed), format_bytes(sum(e.size_bytes for e in removed)),
+                ", ".join(parts))
 
 
 def _run_export(args) -> None:
@@ -241,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("Report: %s", args.run_dir / "evaluate" / "report.md")
         elif args.command == "export":
             _run_export(args)
+        elif args.command == "cache":
+            _run_cache(args)
     except (FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2

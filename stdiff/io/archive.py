@@ -41,7 +41,8 @@ class ArchiveError(ValueError):
     """An uploaded archive is unreadable, unsafe, too large, or does not contain exactly one Space Ranger sample."""
 
 
-def _format_bytes(size: int) -> str:
+def format_bytes(size: float) -> str:
+    """``size`` in bytes, KiB, MiB or GiB, for messages."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size:,} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
@@ -105,7 +106,7 @@ class _Limits:
         self.total_bytes += count
         if self.total_bytes > self.max_total_bytes:
             raise ArchiveError(
-                f"The archive unpacks to more than {_format_bytes(self.max_total_bytes)}, the upload limit "
+                f"The archive unpacks to more than {format_bytes(self.max_total_bytes)}, the upload limit "
                 f"(STDIFF_UPLOAD_MAX_BYTES = {self.max_total_bytes:,} bytes). Copy the sample to a folder on the "
                 "server and enter that folder in the sidebar, or raise STDIFF_UPLOAD_MAX_BYTES."
             )
@@ -316,7 +317,7 @@ def extract_archive(
     finally:
         if close_stream:
             stream.close()
-    logger.info("Unpacked %d entries (%s) into %s.", limits.entries, _format_bytes(limits.total_bytes), cached)
+    logger.info("Unpacked %d entries (%s) into %s.", limits.entries, format_bytes(limits.total_bytes), cached)
     return find_sample_in(_content_folder(cached))
 
 

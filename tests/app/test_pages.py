@@ -9,6 +9,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
@@ -79,6 +80,27 @@ def test_samples_page_lists_every_sample(app_env, shared_data_dir):
     assert row["spots"] > 0
     assert row["model genes found"].endswith("of 50")
     assert len(app.get("plotly_chart")) == 1
+
+
+def test_samples_page_clears_cache(app_env):
+    cache = app_env / "cache"
+    (cache / "tiles" / "slide-key" / "0").mkdir(parents=True)
+    Image.new("RGB", (512, 512), "pink").save(cache / "tiles" / "slide-key" / "0" / "0_0.jpg")
+    (cache / "reconstructions").mkdir()
+    np.savez(cache / "reconstructions" / "her2st-B4-0123.npz", expression=np.ones((4, 2), np.float32))
+    (cache / "taef2").mkdir()
+    (cache / "taef2" / "taef2_decoder.pth").write_bytes(b"\0" * 100)
+    app = open_page(SAMPLES_PAGE)
+    usage = app.dataframe[1].value.set_index("part")
+    assert usage.loc["tiles", "entries"] == 1
+    assert usage.loc["reconstructions", "entries"] == 1
+
+    app.button(key="samples_clear_cache").click().run()
+
+    assert "Removed 2 entries" in app.success[0].value
+    usage = app.dataframe[1].value.set_index("part")
+    assert usage["entries"].to_dict() == {"uploads": 0, "tiles": 0, "reconstructions": 0, "taef2": 1}
+    assert (cache / "taef2" / "taef2_decoder.pth").is_file()
 
 
 def test_edit_slider_changes_patch(app_env):

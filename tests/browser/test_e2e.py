@@ -129,6 +129,8 @@ def wait_until_idle(page) -> None:
 
 
 def screenshot(page, name: str) -> None:
+    # Images arrive after the script finishes, so wait until every <img> has loaded.
+    page.wait_for_function("() => Array.from(document.images).every((image) => image.complete)", timeout=30_000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -219,8 +221,12 @@ def test_browser_walkthrough(server):
             wait_until_idle(page)
             screenshot(page, "2-heatmaps")
 
-            for number, title in ((3, "Edit expression"), (4, "Samples"), (5, "Export")):
+            # Wait for text that each page shows only once its content is drawn.
+            for number, title, loaded in ((3, "Edit expression", "Reset to the measured profile"),
+                                          (4, "Samples", "UMI counts per spot"), (5, "Export", "AnnData (h5ad)")):
                 open_page(page, title)
+                expect(page.get_by_text(loaded).first).to_be_visible(timeout=60_000)
+                wait_until_idle(page)
                 screenshot(page, f"{number}-{title.lower().replace(' ', '-')}")
 
             # Train: start a prepare job, cancel it while it runs.

@@ -1,0 +1,142 @@
+"""What stdiff keeps in its cache folder (``STDIFF_CACHE_DIR``), and removing it.
+
+The cache contains copies that stdiff can make again: unpacked browser uploads, JPEG tiles of tissue images,
+expression reconstructed in the app and downloaded TAEF2 weights. Each part is a subfolder of the cache
+folder, and each entry of a part (one upload, one image's tiles, one reconstruction file) is removed whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import settings
+from .io.archive import format_bytes
+
+# Part folder names and their contents. Weights are cleared only when named, because they must be downloaded again.
+CACHE_PARTS = {
+    "uploads": "archives uploaded in the app, unpacked",
+    "tiles": "JPEG tiles of tissue images for the zoomable viewer",
+    "reconstructions": "expression reconstructed in the app",
+    "taef2": "downloaded TAEF2 autoencoder weights",
+}
+DEFAULT_CLEAR = ("uploads", "tiles", "reconstructions")
+# An unfinished upload younger than this may still be unpacking in a running app.
+PARTIAL_GRACE_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One removable item of a cache part."""
+
+    part: str
+    path: Path
+    size_bytes: int
+    modified: float
+    """Newest modification time (seconds since the epoch) of the entry or anything inside it."""
+
+    def age_days(self, now: float | None = None) -> float:
+        return ((time.time() if now is None else now) - self.modified) / 86400
+
+
+def _size_and_newest(path: Path) -> tuple[int, float]:
+    if path.is_symlink() or not path.is_dir():
+        info = path.lstat()
+        return info.st_size, info.st_mtime
+    size, newest = 0, path.lstat().st_mtime
+    for child in path.rglob("*"):
+        try:
+            info = child.lstat()
+        except OSError:
+            continue  # Removed while listing.
+        if not child.is_dir():
+            size += info.st_size
+        newest = max(newest, info.st_mtime)
+    return size, newest
+
+
+def resolve_parts(names) -> tuple[str, ...]:
+    """Return the cache parts named in ``names``, in order and once each; ``all`` means every part."""
+    names = tuple(dict.fromkeys(names))
+    unknown = [name for name in names if name != "all" and name not in CACHE_PARTS]
+    if unknown:
+        raise ValueError(f"Invalid cache part {', '.join(unknown)}; choose from {', '.join(CACHE_PARTS)} or all.")
+    return tuple(CACHE_PARTS) if "all" in names else names
+
+
+def cache_entries(parts=tuple(CACHE_PARTS), root: str | Path | None = None) -> list[CacheEntry]:
+    """Return the entries of ``parts`` in the cache folder ``root`` (default :func:`stdiff.settings.cache_dir`)."""
+    parts = resolve_parts(parts)
+    root = Path(root).expanduser() if root is not None else settings.cache_dir()
+    entries = []
+    for part in parts:
+        folder = root / part
+        if not folder.is_dir():
+            continue
+        for child in sorted(folder.iterdir()):
+            try:
+                size, newest = _size_and_newest(child)
+            except OSError:
+                continue
+            entries.append(CacheEntry(part, child, size, newest))
+    return entries
+
+
+def clear_cache(parts=DEFAULT_CLEAR, *, older_than_days: float | None = None, root: str | Path | None = None,
+                keep=(), dry_run: bool = False) -> list[CacheEntry]:
+    """Remove the entries of ``parts``; with ``older_than_days``, only those not written to for that long.
+
+    Entries that contain a path of ``keep`` (a sample folder in use, for example) are kept, and so are unfinished
+    uploads (``.*.partial-*`` folders) younger than an hour, since a running app may still be unpacking them.
+    Returns the entries removed (or, with ``dry_run``, those that would be).
+    """
+    if older_than_days is not None and older_than_days < 0:
+        raise ValueError(f"The age limit (--older-than) must be 0 or more days, got {older_than_days}.")
+    kept = [Path(path).expanduser().absolute() for path in keep]
+    now = time.time()
+    removed = []
+    for entry in cache_entries(parts, root):
+        if older_than_days is not None and entry.age_days(now) < older_than_days:
+            continue
+        if any(path.is_relative_to(entry.path.absolute()) for path in kept):
+            continue
+        if ".partial-" in entry.path.name and now - entry.modified < PARTIAL_GRACE_SECONDS:
+            continue
+        if not dry_run:
+            if entry.path.is_dir() and not entry.path.is_symlink():
+                shutil.rmtree(entry.path)
+            else:
+                entry.path.unlink()
+        removed.append(entry)
+    return removed
+
+
+def summary_rows(entries: list[CacheEntry]) -> list[dict]:
+    """Return one row per cache part: its entries, their total size and the age of the oldest."""
+    now = time.time()
+    rows = []
+    for part, contents in CACHE_PARTS.items():
+        mine = [entry for entry in entries if entry.part == part]
+        rows.append({
+            "part": part,
+            "entries": len(mine),
+            "size_bytes": sum(entry.size_bytes for entry in mine),
+            "oldest_days": max((entry.age_days(now) for entry in mine), default=None),
+            "contents": contents,
+        })
+    return rows
+
+
+def summary_lines(entries: list[CacheEntry], root: str | Path | None = None) -> list[str]:
+    """Return the lines of a table with each cache part's entries, size and oldest entry."""
+    root = Path(root).expanduser() if root is not None else settings.cache_dir()
+    lines = [f"Cache folder: {root} (set STDIFF_CACHE_DIR to move it)",
+             f"{'part':<16} {'entries':>7} {'size':>12} {'oldest':>10}  contents"]
+    for row in summary_rows(entries):
+        oldest = "-" if row["oldest_days"] is None else f"{row['oldest_days']:.0f} days"
+        lines.append(f"{row['part']:<16} {row['entries']:>7} {format_bytes(row['size_bytes']):>12} {oldest:>10}  "
+                     f"{row['contents']}")
+    lines.append(f"{'total':<16} {len(entries):>7} {format_bytes(sum(e.size_bytes for e in entries)):>12}")
+    return lines
