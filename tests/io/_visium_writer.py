@@ -162,13 +162,16 @@ def write_scaled_images(spatial_dir: Path, *, hires: bool = True, lowres: bool =
 
 
 def write_fullres(path: Path, fmt: str) -> Path:
-    """Write the slide as ``fmt``: png, jpeg, tiff, tiff-tiled, bigtiff or ome-pyramid."""
+    """Write the slide as ``fmt``: png, jpeg, tiff, tiff-tiled, tiff-jpeg, bigtiff or ome-pyramid."""
     slide = make_slide()
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "tiff":
         tifffile.imwrite(path, slide, photometric="rgb")
     elif fmt == "tiff-tiled":
         tifffile.imwrite(path, slide, photometric="rgb", tile=(256, 256), compression="zlib")
+    elif fmt == "tiff-jpeg":
+        # Tiled and JPEG-compressed, as slide scanners write them; encoding and decoding need imagecodecs.
+        tifffile.imwrite(path, slide, photometric="rgb", tile=(256, 256), compression="jpeg")
     elif fmt == "bigtiff":
         tifffile.imwrite(path, slide, photometric="rgb", bigtiff=True, tile=(128, 128))
     elif fmt == "ome-pyramid":

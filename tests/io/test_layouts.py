@@ -105,6 +105,10 @@ def _cytassist_with_microscope(root: Path) -> Path:
     return sample
 
 
+def _jpeg_tiled_tiff(root: Path) -> Path:
+    return write_sample(root / "s", fullres=("tissue_fullres_image.tif", "tiff-jpeg"))
+
+
 def _list_name_with_header(root: Path) -> Path:
     """A 2.x table renamed to the 1.x name: the header is detected from its content."""
     return write_sample(root / "s", positions="tissue_positions_list.csv", header=True)
@@ -136,6 +140,7 @@ LAYOUTS = {
     "lowres-only": Layout(_lowres_only, "lib-h5", "lowres", warning="only a lowres image"),
     "cytassist-only": Layout(_cytassist_only, "lib-h5", "fullres", "cytassist_image.tiff"),
     "cytassist-and-microscope": Layout(_cytassist_with_microscope, "lib-h5", "fullres", "tissue_fullres_image.tif"),
+    "jpeg-tiled-tiff": Layout(_jpeg_tiled_tiff, "lib-h5", "fullres", "tissue_fullres_image.tif"),
     "list-name-with-header": Layout(_list_name_with_header, "lib-h5", "fullres", "tissue_fullres_image.tif"),
     "v2-name-without-header": Layout(_v2_name_without_header, "lib-h5", "fullres", "tissue_fullres_image.tif"),
     "geo-prefixed-gzipped": Layout(_geo_prefixed_gzipped, "lib-h5", "fullres", "GSM7_slide.tif"),
