@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true",
                    help="Store the UNet weights as float16 (half the size; they load back as float32).")
 
+    p = subparsers.add_parser("arrange-geo",
+                              help="Make one Space Ranger folder per sample from a GEO download with every file in "
+                                   "one folder (GSM..._tissue_positions_list.csv.gz and so on).")
+    p.add_argument("folder", type=Path, help="The folder the GEO files were unpacked into.")
+    p.add_argument("--out", required=True, type=Path, help="Data folder to write the sample folders into.")
+    p.add_argument("--move", action="store_true",
+                   help="Move the files instead of linking or copying them (saves disk space).")
+    p.add_argument("--overwrite", action="store_true", help="Arrange again samples whose folder exists.")
+
     p = subparsers.add_parser("cache", help="Show the cache folder's contents (STDIFF_CACHE_DIR); --clear removes them.")
     p.add_argument("--clear", nargs="*", metavar="PART",
                    help="Remove these parts: uploads, tiles, reconstructions, taef2, or all. Without a part: uploads, "
@@ -156,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="With --clear, remove only entries not written to for this many days.")
     p.add_argument("--dry-run", action="store_true", help="With --clear, list what would be removed and keep it.")
     return parser
+
+
+def _run_arrange_geo(args) -> None:
+    from .io import read_visium
+    from .io.errors import VisiumReadError
+    from .io.geo import arrange_flat_folder
+
+    written, skipped = arrange_flat_folder(args.folder, args.out, move=args.move, overwrite=args.overwrite)
+    for sample_dir in written:
+        try:
+            adata = read_visium(sample_dir)
+        except VisiumReadError as error:
+            logger.warning("%s was arranged but does not read: %s", sample_dir, error)
+            continue
+        logger.info("%s: %d spots x %d genes.", sample_dir, adata.n_obs, adata.n_vars)
+    if not written:
+        raise ValueError(f"No sample of {args.folder} was arranged; see the warnings above.")
+    logger.info("Arranged %d samples into %s; %d skipped. Point STDIFF_DATA_DIR (or the app's data folder) at %s.",
+                len(written), args.out, len(skipped), args.out)
 
 
 def _run_cache(args) -> None:
@@ -268,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("Report: %s", args.run_dir / "evaluate" / "report.md")
         elif args.command == "export":
             _run_export(args)
+        elif args.command == "arrange-geo":
+            _run_arrange_geo(args)
         elif args.command == "cache":
             _run_cache(args)
     except (FileNotFoundError, ValueError) as error:

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from stdiff import settings
+from stdiff.io.geo import flat_folder_hint
 
 from .loaders import list_sample_folders, load_pipeline, load_sample
 from .upload import upload_sample_widget
@@ -76,7 +77,8 @@ def choose_sample_and_model(page_title: str) -> Selection:
             st.info(f"`{data_dir}` is a file, not a folder. Enter the folder that contains the sample folders.")
         else:
             st.info(f"No samples found in `{data_dir}`. Each sample folder needs a `spatial/` folder and a count "
-                    "matrix. Enter another folder in the sidebar, or upload a sample as a .zip or .tar.gz.")
+                    "matrix. Enter another folder in the sidebar, or upload a sample as a .zip or .tar.gz."
+                    + flat_folder_hint(data_dir))
         st.stop()
     names = [Path(folder).name for folder in folders]
     if uploaded and st.session_state.get("sidebar_last_upload") != uploaded:

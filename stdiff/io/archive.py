@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from stdiff import settings
+from stdiff.io.geo import arrange_sample, find_flat_samples
 from stdiff.io.visium import is_sample_dir
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,7 @@ def extract_archive(
         try:
             content.mkdir(parents=True)
             _unpack(stream, content, limits)
+            _arrange_flat_upload(content)
             find_sample_in(content)
             (partial / COMPLETE_MARKER).write_text(f"{name or source_name or ''}\n")
             _move_into_place(partial, cached)
@@ -319,6 +321,28 @@ def extract_archive(
             stream.close()
     logger.info("Unpacked %d entries (%s) into %s.", limits.entries, format_bytes(limits.total_bytes), cached)
     return find_sample_in(_content_folder(cached))
+
+
+def _arrange_flat_upload(content: Path) -> None:
+    """Turn an upload of one sample's GEO files, all in one folder, into a Space Ranger folder inside ``content``."""
+    if is_sample_dir(content) or any(is_sample_dir(child) for child in content.iterdir() if child.is_dir()):
+        return
+    folders = [content, *(child for child in content.iterdir() if child.is_dir() and child.name not in MACOS_METADATA)]
+    for folder in folders:
+        samples = [sample for sample in find_flat_samples(folder).values() if not sample.missing()]
+        if not samples:
+            continue
+        if len(samples) > 1:
+            raise ArchiveError(
+                f"The archive contains the GEO files of {len(samples)} samples in one folder "
+                f"({[sample.name for sample in samples]}). Upload one sample per archive, or unpack it on the "
+                "server, run `stdiff arrange-geo FOLDER --out DATA_FOLDER` and enter DATA_FOLDER in the sidebar."
+            )
+        try:
+            arrange_sample(samples[0], content, move=True)
+        except FileExistsError as error:
+            raise ArchiveError(f"Cannot arrange the GEO files of {samples[0].name}: {error}") from error
+        return
 
 
 def _content_folder(cached: Path) -> Path:

@@ -30,6 +30,7 @@ from stdiff.constants import (
 from stdiff.io.counts import find_counts_file, is_raw_matrix, read_counts, read_h5_library_id
 from stdiff.io.errors import VisiumReadError, warn
 from stdiff.io.files import find_named
+from stdiff.io.geo import flat_folder_hint
 from stdiff.io.images import broken_link_note, load_rgb_image
 from stdiff.io.positions import find_positions_file, fullres_xy, read_positions
 from stdiff.io.sample_images import (
@@ -55,7 +56,7 @@ def _resolve_sample_dir(path: Path) -> Path:
     raise VisiumReadError(
         f"No {SPATIAL_DIR}/ folder in {path} or {path / OUTS_DIR}; found {found}. Expected a Space Ranger "
         f"outs folder with {SPATIAL_DIR}/ (positions, scalefactors, images) and {FILTERED_H5} or "
-        f"{FILTERED_MTX_DIR}/.",
+        f"{FILTERED_MTX_DIR}/.{flat_folder_hint(path)}",
         path=path,
     )
 

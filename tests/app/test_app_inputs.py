@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import shutil
 import sys
@@ -77,6 +78,43 @@ def test_uploaded_archive_becomes_a_sample(data_with_broken_samples, shared_data
     sample_box = app.sidebar.selectbox(key="sidebar_sample")
     assert len(sample_box.options) == 4
     assert sample_box.value == sample_box.options[0]
+    assert app.title[0].value == "Tissue"
+
+
+def geo_files(source: Path, prefix: str) -> dict[str, bytes]:
+    """A sample's files as GEO serves them: in one folder, prefixed with the accession, the spatial ones gzipped."""
+    files = {f"{prefix}_filtered_feature_bc_matrix.h5": (source / "filtered_feature_bc_matrix.h5").read_bytes()}
+    for name in ("tissue_positions_list.csv", "scalefactors_json.json", "tissue_hires_image.png"):
+        files[f"{prefix}_{name}.gz"] = gzip.compress((source / "spatial" / name).read_bytes())
+    return files
+
+
+def test_flat_geo_data_folder_explains(data_with_broken_samples, shared_data_dir, monkeypatch, tmp_path):
+    flat = tmp_path / "GSE1_RAW"
+    flat.mkdir()
+    for name, data in geo_files(shared_data_dir / "her2st-C3", "GSM2_C3").items():
+        (flat / name).write_bytes(data)
+    monkeypatch.setenv("STDIFF_DATA_DIR", str(flat))
+
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+
+    assert not app.exception
+    assert "No samples found" in app.info[0].value
+    assert f"stdiff arrange-geo {flat} --out FOLDER" in app.info[0].value
+
+
+def test_uploaded_geo_files_become_a_sample(data_with_broken_samples, shared_data_dir):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in geo_files(shared_data_dir / "her2st-C3", "GSM2_C3").items():
+            archive.writestr(name, data)
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+
+    app.sidebar.get("file_uploader")[0].set_value(("GSM2_C3.zip", buffer.getvalue(), "application/zip")).run()
+
+    assert not app.exception
+    assert not app.error
+    assert app.sidebar.selectbox(key="sidebar_sample").value == "GSM2_C3"
     assert app.title[0].value == "Tissue"
 
 
