@@ -128,19 +128,26 @@ def cache_usage(cache_dir: str) -> list[dict]:
 def clear_app_cache(cache_dir: str, sample_dir: str) -> None:
     """Clear uploads, tiles and reconstructions before the page reruns, so that the table shows the result."""
     try:
-        removed = clear_cache(root=cache_dir, keep=[sample_dir])
-    except OSError as error:
+        removed, failed = clear_cache(root=cache_dir, keep=[sample_dir])
+    except (OSError, ValueError) as error:
         message = ("error", f"Failed to clear `{cache_dir}`: {error}. Check the folder's permissions, or remove "
                             "its uploads, tiles and reconstructions folders by hand.")
     else:
-        message = ("success", f"Removed {len(removed)} entries ({format_bytes(sum(e.size_bytes for e in removed))}). "
-                              "The sample in use and downloaded weights were kept.")
+        text = (f"Removed {len(removed)} entries ({format_bytes(sum(e.size_bytes for e in removed))}). "
+                "The sample in use and downloaded weights were kept.")
+        if failed:
+            text += f" Failed to remove {len(failed)}: " + "; ".join(f"`{path}` ({error})" for path, error in failed.items())
+        message = ("warning" if failed else "success", text)
     cache_usage.clear()
     st.session_state[f"{PREFIX}cache_message"] = message
 
 
 cache_dir = str(settings.cache_dir())
-usage = cache_usage(cache_dir)
+try:
+    usage = cache_usage(cache_dir)
+except (OSError, ValueError) as error:
+    st.warning(f"Cannot read the cache folder `{cache_dir}`: {error}")
+    st.stop()
 with st.expander(f"Cache folder: {format_bytes(sum(row['size_bytes'] for row in usage))}"):
     st.caption(f"`{cache_dir}` keeps unpacked uploads, image tiles and reconstructions so that they are not made "
                "again. Set `STDIFF_CACHE_DIR` to move it; `stdiff cache` lists and clears it from a terminal.")

@@ -1,4 +1,4 @@
-"""What stdiff keeps in its cache folder (``STDIFF_CACHE_DIR``), and removing it.
+"""Listing and clearing the cache folder (``STDIFF_CACHE_DIR``).
 
 The cache contains copies that stdiff can make again: unpacked browser uploads, JPEG tiles of tissue images,
 expression reconstructed in the app and downloaded TAEF2 weights. Each part is a subfolder of the cache
@@ -7,6 +7,8 @@ folder, and each entry of a part (one upload, one image's tiles, one reconstruct
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from . import settings
 from .io.archive import format_bytes
+
+logger = logging.getLogger(__name__)
 
 # Part folder names and their contents. Weights are cleared only when named, because they must be downloaded again.
 CACHE_PARTS = {
@@ -42,18 +46,23 @@ class CacheEntry:
 
 
 def _size_and_newest(path: Path) -> tuple[int, float]:
+    """Return the total size of the files in ``path`` and their newest modification time.
+
+    Unreadable subfolders are left out of both.
+    """
+    info = path.lstat()
     if path.is_symlink() or not path.is_dir():
-        info = path.lstat()
         return info.st_size, info.st_mtime
-    size, newest = 0, path.lstat().st_mtime
-    for child in path.rglob("*"):
-        try:
-            info = child.lstat()
-        except OSError:
-            continue  # Removed while listing.
-        if not child.is_dir():
-            size += info.st_size
-        newest = max(newest, info.st_mtime)
+    size, newest = 0, info.st_mtime
+    for parent, folders, files in os.walk(path):
+        for name in folders + files:
+            try:
+                child = os.lstat(os.path.join(parent, name))
+            except OSError:
+                continue  # Removed while listing.
+            if name in files:
+                size += child.st_size
+            newest = max(newest, child.st_mtime)
     return size, newest
 
 
@@ -62,20 +71,41 @@ def resolve_parts(names) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(names))
     unknown = [name for name in names if name != "all" and name not in CACHE_PARTS]
     if unknown:
-        raise ValueError(f"Invalid cache part {', '.join(unknown)}; choose from {', '.join(CACHE_PARTS)} or all.")
+        raise ValueError(f"Invalid cache part {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(CACHE_PARTS)} or all.")
     return tuple(CACHE_PARTS) if "all" in names else names
 
 
-def cache_entries(parts=tuple(CACHE_PARTS), root: str | Path | None = None) -> list[CacheEntry]:
-    """Return the entries of ``parts`` in the cache folder ``root`` (default :func:`stdiff.settings.cache_dir`)."""
-    parts = resolve_parts(parts)
+def _cache_root(root: str | Path | None) -> Path:
     root = Path(root).expanduser() if root is not None else settings.cache_dir()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"The cache folder {root} is a file; set STDIFF_CACHE_DIR to a folder.")
+    return root
+
+
+def cache_entries(parts=tuple(CACHE_PARTS), root: str | Path | None = None) -> list[CacheEntry]:
+    """Return the entries of ``parts`` in the cache folder ``root`` (default :func:`stdiff.settings.cache_dir`).
+
+    A part folder that is a symbolic link is skipped with a warning, so that clearing never deletes files
+    outside the cache folder. So is a part folder that cannot be read.
+    """
+    parts = resolve_parts(parts)
+    root = _cache_root(root)
     entries = []
     for part in parts:
         folder = root / part
-        if not folder.is_dir():
+        if folder.is_symlink():
+            logger.warning("Skipping %s: it is a symbolic link to %s. Clear that folder by hand.", folder,
+                           os.readlink(folder))
             continue
-        for child in sorted(folder.iterdir()):
+        try:
+            if not folder.is_dir():
+                continue
+            children = sorted(folder.iterdir())
+        except OSError as error:
+            logger.warning("Skipping %s: %s. Check the folder's permissions.", folder, error)
+            continue
+        for child in children:
             try:
                 size, newest = _size_and_newest(child)
             except OSError:
@@ -85,18 +115,19 @@ def cache_entries(parts=tuple(CACHE_PARTS), root: str | Path | None = None) -> l
 
 
 def clear_cache(parts=DEFAULT_CLEAR, *, older_than_days: float | None = None, root: str | Path | None = None,
-                keep=(), dry_run: bool = False) -> list[CacheEntry]:
+                keep=(), dry_run: bool = False) -> tuple[list[CacheEntry], dict[Path, str]]:
     """Remove the entries of ``parts``; with ``older_than_days``, only those not written to for that long.
 
     Entries that contain a path of ``keep`` (a sample folder in use, for example) are kept, and so are unfinished
     uploads (``.*.partial-*`` folders) younger than an hour, since a running app may still be unpacking them.
-    Returns the entries removed (or, with ``dry_run``, those that would be).
+    Returns the entries removed (or, with ``dry_run``, those that would be) and, by path, the error of each
+    entry that could not be removed.
     """
-    if older_than_days is not None and older_than_days < 0:
+    if older_than_days is not None and not older_than_days >= 0:  # also rejects NaN
         raise ValueError(f"The age limit (--older-than) must be 0 or more days, got {older_than_days}.")
     kept = [Path(path).expanduser().absolute() for path in keep]
     now = time.time()
-    removed = []
+    removed, failed = [], {}
     for entry in cache_entries(parts, root):
         if older_than_days is not None and entry.age_days(now) < older_than_days:
             continue
@@ -105,12 +136,17 @@ def clear_cache(parts=DEFAULT_CLEAR, *, older_than_days: float | None = None, ro
         if ".partial-" in entry.path.name and now - entry.modified < PARTIAL_GRACE_SECONDS:
             continue
         if not dry_run:
-            if entry.path.is_dir() and not entry.path.is_symlink():
-                shutil.rmtree(entry.path)
-            else:
-                entry.path.unlink()
+            try:
+                if entry.path.is_dir() and not entry.path.is_symlink():
+                    shutil.rmtree(entry.path)
+                else:
+                    entry.path.unlink()
+            except OSError as error:
+                logger.warning("Failed to remove %s: %s", entry.path, error)
+                failed[entry.path] = str(error)
+                continue
         removed.append(entry)
-    return removed
+    return removed, failed
 
 
 def summary_rows(entries: list[CacheEntry]) -> list[dict]:
@@ -131,7 +167,7 @@ def summary_rows(entries: list[CacheEntry]) -> list[dict]:
 
 def summary_lines(entries: list[CacheEntry], root: str | Path | None = None) -> list[str]:
     """Return the lines of a table with each cache part's entries, size and oldest entry."""
-    root = Path(root).expanduser() if root is not None else settings.cache_dir()
+    root = _cache_root(root)
     lines = [f"Cache folder: {root} (set STDIFF_CACHE_DIR to move it)",
              f"{'part':<16} {'entries':>7} {'size':>12} {'oldest':>10}  contents"]
     for row in summary_rows(entries):

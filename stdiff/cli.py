@@ -173,15 +173,20 @@ def _run_arrange_geo(args) -> None:
     from .io.geo import arrange_flat_folder
 
     written, skipped = arrange_flat_folder(args.folder, args.out, move=args.move, overwrite=args.overwrite)
+    readable = 0
     for sample_dir in written:
         try:
             adata = read_visium(sample_dir)
         except VisiumReadError as error:
-            logger.warning("%s was arranged but does not read: %s", sample_dir, error)
+            logger.warning("%s was arranged but cannot be read: %s", sample_dir, error)
             continue
+        readable += 1
         logger.info("%s: %d spots x %d genes.", sample_dir, adata.n_obs, adata.n_vars)
     if not written:
         raise ValueError(f"No sample of {args.folder} was arranged; see the warnings above.")
+    if not readable:
+        raise ValueError(f"None of the {len(written)} samples arranged from {args.folder} can be read; see the "
+                         "warnings above.")
     logger.info("Arranged %d samples into %s; %d skipped. Point STDIFF_DATA_DIR (or the app's data folder) at %s.",
                 len(written), args.out, len(skipped), args.out)
 
@@ -197,12 +202,14 @@ def _run_cache(args) -> None:
             print(line)
         return
     parts = resolve_parts(args.clear or DEFAULT_CLEAR)
-    removed = clear_cache(parts, older_than_days=args.older_than, dry_run=args.dry_run)
+    removed, failed = clear_cache(parts, older_than_days=args.older_than, dry_run=args.dry_run)
     verb = "Would remove" if args.dry_run else "Removed"
     for entry in removed:
         logger.info("%s %s (%s)", verb, entry.path, format_bytes(entry.size_bytes))
     logger.info("%s %d entries, %s, from %s.", verb, len(removed), format_bytes(sum(e.size_bytes for e in removed)),
                 ", ".join(parts))
+    if failed:
+        raise ValueError(f"{len(failed)} entries were not removed (see the warnings above); check their permissions.")
 
 
 def _run_export(args) -> None:

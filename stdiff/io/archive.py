@@ -324,25 +324,32 @@ def extract_archive(
 
 
 def _arrange_flat_upload(content: Path) -> None:
-    """Turn an upload of one sample's GEO files, all in one folder, into a Space Ranger folder inside ``content``."""
+    """Turn an upload of one sample's GEO files, all in one folder, into a Space Ranger folder inside ``content``.
+
+    The files are arranged beside ``content`` first, then replace its contents, so that a folder in the archive
+    named like the sample does not get in the way.
+    """
     if is_sample_dir(content) or any(is_sample_dir(child) for child in content.iterdir() if child.is_dir()):
         return
     folders = [content, *(child for child in content.iterdir() if child.is_dir() and child.name not in MACOS_METADATA)]
-    for folder in folders:
-        samples = [sample for sample in find_flat_samples(folder).values() if not sample.missing()]
-        if not samples:
-            continue
-        if len(samples) > 1:
-            raise ArchiveError(
-                f"The archive contains the GEO files of {len(samples)} samples in one folder "
-                f"({[sample.name for sample in samples]}). Upload one sample per archive, or unpack it on the "
-                "server, run `stdiff arrange-geo FOLDER --out DATA_FOLDER` and enter DATA_FOLDER in the sidebar."
-            )
-        try:
-            arrange_sample(samples[0], content, move=True)
-        except FileExistsError as error:
-            raise ArchiveError(f"Cannot arrange the GEO files of {samples[0].name}: {error}") from error
+    samples = [sample for folder in folders for sample in find_flat_samples(folder).values() if not sample.missing()]
+    if not samples:
         return
+    if len(samples) > 1:
+        raise ArchiveError(
+            f"The archive contains the GEO files of {len(samples)} samples ({[sample.name for sample in samples]}). "
+            "Upload one sample per archive, or unpack it on the server, run `stdiff arrange-geo FOLDER --out "
+            "DATA_FOLDER` and enter DATA_FOLDER in the sidebar."
+        )
+    staging = content.parent / ".geo"
+    try:
+        arranged = arrange_sample(samples[0], staging)
+    except ValueError as error:
+        raise ArchiveError(f"Cannot arrange the GEO files in the archive: {error}") from error
+    shutil.rmtree(content)
+    content.mkdir()
+    os.replace(arranged, content / arranged.name)
+    shutil.rmtree(staging)
 
 
 def _content_folder(cached: Path) -> Path:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import shlex
 import shutil
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,22 +68,39 @@ POSITIONS_PLACES = tuple(PLACES[name] for name in (POSITIONS_V2, POSITIONS_V1, P
 
 @dataclass
 class FlatSample:
-    """The files of one sample in a flat folder: places in a Space Ranger folder to paths, and other images."""
+    """The files of one sample in a flat folder, keyed by their place in a Space Ranger folder."""
 
     name: str
     files: dict[str, Path] = field(default_factory=dict)
-    images: list[Path] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    broken_links: list[Path] = field(default_factory=list)
+
+    def add(self, place: str, path: Path) -> None:
+        """Record ``path`` for ``place``; a second file for the same place is a conflict."""
+        if place in self.files:
+            self.conflicts.append(f"{self.files[place].name} and {path.name} both give {place}")
+        else:
+            self.files[place] = path
 
     def missing(self) -> list[str]:
-        """Return what the sample is missing to be read: a count matrix, a position table or the scale factors."""
-        needs = []
-        if not any(place in self.files for place in COUNTS_PLACES):
-            needs.append(f"a count matrix ({FILTERED_H5} or {MTX_MATRIX}.gz with barcodes and features)")
+        """Return what stops the sample from being read: missing files, conflicts and broken links."""
+        problems = []
+        matrix_folders = [folder for folder in (FILTERED_MTX_DIR, RAW_MTX_DIR) if f"{folder}/{MTX_MATRIX}" in self.files]
+        if not any(place in self.files for place in (FILTERED_H5, RAW_H5)) and not matrix_folders:
+            problems.append(f"a count matrix ({FILTERED_H5} or {MTX_MATRIX}.gz with barcodes and features)")
+        for folder in matrix_folders:
+            if f"{folder}/{MTX_BARCODES}" not in self.files:
+                problems.append(f"{MTX_BARCODES}.gz for its {MTX_MATRIX}")
+            if not any(f"{folder}/{name}" in self.files for name in (MTX_FEATURES, MTX_GENES)):
+                problems.append(f"{MTX_FEATURES}.gz (or {MTX_GENES}.gz) for its {MTX_MATRIX}")
         if not any(place in self.files for place in POSITIONS_PLACES):
-            needs.append(f"a position table ({POSITIONS_V2} or {POSITIONS_V1})")
+            problems.append(f"a position table ({POSITIONS_V2} or {POSITIONS_V1})")
         if PLACES[SCALEFACTORS_JSON] not in self.files:
-            needs.append(SCALEFACTORS_JSON)
-        return needs
+            problems.append(SCALEFACTORS_JSON)
+        problems += [f"one file per place ({conflict}; keep one)" for conflict in self.conflicts]
+        problems += [f"the target of the symbolic link {link.name} ({os.readlink(link)} is missing)"
+                     for link in self.broken_links]
+        return problems
 
 
 def _unzipped_name(name: str) -> str:
@@ -118,6 +137,20 @@ def _split_name(file_name: str) -> tuple[str, str] | None:
     return None
 
 
+def _owner(file_name: str, prefixes: set[str]) -> str | None:
+    """Return the longest of ``prefixes`` that ``file_name`` starts with, followed by a separator."""
+    cuts = [index for index, character in enumerate(file_name) if character in PREFIX_SEPARATORS]
+    for index in reversed(cuts):
+        if file_name[:index] in prefixes:
+            return file_name[:index]
+    return None
+
+
+def _sample_name(prefix: str, folder: Path) -> str:
+    """Name a sample after its prefix or, for files without one, after the folder (never "", "." or "..")."""
+    return prefix or folder.resolve().name or "sample"
+
+
 def find_flat_samples(folder: str | Path) -> dict[str, FlatSample]:
     """Group the Space Ranger files directly in ``folder`` by their sample prefix.
 
@@ -128,22 +161,30 @@ def find_flat_samples(folder: str | Path) -> dict[str, FlatSample]:
     samples: dict[str, FlatSample] = {}
     others = []
     for child in sorted(folder.iterdir()):
-        if child.name.startswith(".") or not child.is_file():
+        if child.name.startswith("."):
+            continue
+        broken = child.is_symlink() and not child.exists()
+        if not broken and not child.is_file():
             continue
         split = _split_name(child.name)
         if split is None:
             others.append(child)
             continue
         prefix, place = split
-        sample = samples.setdefault(prefix, FlatSample(prefix or folder.name))
-        sample.files[place] = child
+        sample = samples.setdefault(prefix, FlatSample(_sample_name(prefix, folder)))
+        if broken:
+            sample.broken_links.append(child)
+        else:
+            sample.add(place, child)
+    prefixes = {prefix for prefix in samples if prefix}
     for child in others:
-        if not _unzipped_name(child.name).lower().endswith(IMAGE_SUFFIXES):
+        owner = _owner(child.name, prefixes)
+        if owner is None or not _unzipped_name(child.name).lower().endswith(IMAGE_SUFFIXES):
             continue
-        owners = [prefix for prefix in samples if prefix and any(
-            child.name.startswith(prefix + separator) for separator in PREFIX_SEPARATORS)]
-        if owners:
-            samples[max(owners, key=len)].images.append(child)
+        if child.is_symlink() and not child.exists():
+            samples[owner].broken_links.append(child)
+        else:
+            samples[owner].add(_unzipped_name(child.name), child)
     return {sample.name: sample for sample in samples.values()}
 
 
@@ -156,63 +197,92 @@ def flat_folder_hint(folder: str | Path) -> str:
     if not samples:
         return ""
     names = ", ".join(sample.name for sample in samples[:5]) + (", ..." if len(samples) > 5 else "")
-    return (f" It looks like a GEO download with every file in one folder ({len(samples)} samples: {names}); "
-            f"run `stdiff arrange-geo {folder} --out FOLDER` to make one Space Ranger folder per sample.")
+    count = f"{len(samples)} sample" + ("s" if len(samples) > 1 else "")
+    return (f" It looks like a GEO download with every file in one folder ({count}: {names}); "
+            f"run `stdiff arrange-geo {shlex.quote(str(folder))} --out FOLDER` to make one Space Ranger folder "
+            "per sample.")
 
 
-def _place(source: Path, target: Path, *, move: bool) -> None:
+def _place(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target``: unpacked when ``target`` drops its .gz, else hard-linked or copied.
+
+    Raises ValueError when a gzipped file is damaged.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    source = source.resolve()
     if source.name.lower().endswith(".gz") and not target.name.endswith(".gz"):
-        with gzip.open(source, "rb") as packed, open(target, "wb") as unpacked:
-            shutil.copyfileobj(packed, unpacked, length=16 * 1024 * 1024)
-        if move:
-            source.unlink()
-    elif move:
-        os.replace(source, target)
-    else:
         try:
-            os.link(source, target)  # A hard link needs no second copy of a large image.
-        except OSError:
-            shutil.copy2(source, target)
+            with gzip.open(source, "rb") as packed, open(target, "wb") as unpacked:
+                shutil.copyfileobj(packed, unpacked, length=16 * 1024 * 1024)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+            raise ValueError(f"{source.name} is not a complete gzip file ({error}); download it again.") from error
+        return
+    try:
+        os.link(source, target)  # A hard link needs no second copy of a large image.
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _check_target(target: Path, out_dir: Path, sources: list[Path]) -> None:
+    """Raise ValueError when replacing ``target`` would delete the output folder or a source file's folder."""
+    resolved, out_resolved = target.resolve(), out_dir.resolve()
+    if resolved == out_resolved or resolved in out_resolved.parents:
+        raise ValueError(f"The sample folder {target} would replace the output folder {out_dir}; choose another --out.")
+    for source in sources:
+        for folder in {source.absolute().parent.resolve(), source.resolve().parent}:
+            if resolved == folder or resolved in folder.parents:
+                raise ValueError(f"The sample folder {target} would replace the folder that contains {source.name}; "
+                                 "choose an --out folder outside the GEO folder's own path.")
 
 
 def arrange_sample(sample: FlatSample, out_dir: str | Path, *, move: bool = False, overwrite: bool = False) -> Path:
     """Write ``sample`` as a Space Ranger folder ``out_dir/<sample name>`` and return it.
 
-    Files are hard-linked (copied where links are not possible) or, with ``move``, moved. The folder is built
-    under a temporary name and renamed when complete, so an interrupted run leaves no half sample.
+    Files are hard-linked (copied where links are not possible) and gzipped ones unpacked, into a folder under
+    a temporary name that is renamed when complete. With ``move`` the source files are deleted only after that,
+    so an error or an interruption never loses one.
 
     Raises
     ------
     ValueError
-        When the sample lacks a file the reader needs.
+        When the sample is missing a file the reader needs, a gzipped file is damaged, or the target would
+        replace the output folder or the folder of a source file.
     FileExistsError
         When ``out_dir/<sample name>`` exists and ``overwrite`` is False.
     """
-    missing = sample.missing()
-    if missing:
+    problems = sample.missing()
+    if problems:
         found = sorted(path.name for path in sample.files.values())
-        raise ValueError(f"Sample {sample.name} is missing {', '.join(missing)}; found {found}. Download the missing "
+        raise ValueError(f"Sample {sample.name} is missing {', '.join(problems)}; found {found}. Download the missing "
                          "files from the same GEO record into the folder.")
     out_dir = Path(out_dir)
     target = out_dir / sample.name
-    if target.exists() and not overwrite:
+    sources = list(sample.files.values())
+    _check_target(target, out_dir, sources)
+    if (target.exists() or target.is_symlink()) and not overwrite:
         raise FileExistsError(f"{target} exists; remove it or pass --overwrite to arrange {sample.name} again.")
+    out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / f".{sample.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         for place, source in sample.files.items():
             if source.name.lower().endswith(".gz") and place.endswith(KEEP_GZIPPED):
                 place += ".gz"
-            _place(source, partial / place, move=move)
-        for image in sample.images:
-            _place(image, partial / _unzipped_name(image.name), move=move)
-        if target.exists():
+            _place(source, partial / place)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
             shutil.rmtree(target)
         os.replace(partial, target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    logger.info("Arranged %s into %s (%d files).", sample.name, target, len(sample.files) + len(sample.images))
+    if move:
+        for source in sources:
+            try:
+                source.unlink()
+            except OSError as error:
+                logger.warning("Arranged %s, but %s was not removed: %s", sample.name, source, error)
+    logger.info("Arranged %s into %s (%d files).", sample.name, target, len(sources))
     return target
 
 
@@ -220,31 +290,43 @@ def arrange_flat_folder(folder: str | Path, out_dir: str | Path, *, move: bool =
                         overwrite: bool = False) -> tuple[list[Path], dict[str, str]]:
     """Write one Space Ranger folder per sample of the flat ``folder`` into ``out_dir``.
 
-    Returns the sample folders written and, by sample name, why the others were not (a missing file, or a
-    folder that exists already).
+    Returns the sample folders written and, by sample name, why the others were not (a missing or damaged
+    file, a folder that exists already, a folder that cannot be written).
 
     Raises
     ------
     FileNotFoundError
-        When ``folder`` is not a folder.
+        When ``folder`` does not exist.
     ValueError
-        When ``folder`` contains no Space Ranger file with a sample prefix.
+        When ``folder`` is not a readable folder, is a Space Ranger sample already, contains no Space Ranger
+        file, or ``out_dir`` is a file.
     """
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
+    from stdiff.io.visium import is_sample_dir
+
+    folder, out_dir = Path(folder).expanduser(), Path(out_dir).expanduser()
+    if not folder.exists():
         raise FileNotFoundError(f"Folder {folder} not found. Pass the folder that the GEO files were unpacked into.")
-    samples = find_flat_samples(folder)
-    if not samples:
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder. Pass the folder that the GEO files were unpacked into.")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; pass a folder (it is created when missing).")
+    try:
+        if is_sample_dir(folder):
+            raise ValueError(f"{folder} is a Space Ranger sample folder already; put it in a data folder as it is.")
+        samples = find_flat_samples(folder)
         found = sorted(child.name for child in folder.iterdir())[:20]
+    except OSError as error:
+        raise ValueError(f"Cannot read {folder}: {error}. Check its permissions.") from error
+    if not samples:
         raise ValueError(f"No Space Ranger files in {folder}; found {found}. Expected names such as "
                          f"GSM1_{POSITIONS_V1}.gz, GSM1_{SCALEFACTORS_JSON}.gz and GSM1_{FILTERED_H5}.")
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], {}
     for name, sample in samples.items():
         try:
             written.append(arrange_sample(sample, out_dir, move=move, overwrite=overwrite))
-        except (ValueError, FileExistsError) as error:
-            logger.warning("%s", error)
-            skipped[name] = str(error)
+        except (ValueError, OSError) as error:
+            message = str(error) if not isinstance(error, PermissionError) else (
+                f"Cannot write {sample.name} into {out_dir}: {error}. Choose a writable --out folder.")
+            logger.warning("%s", message)
+            skipped[name] = message
     return written, skipped

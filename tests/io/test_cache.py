@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -65,16 +66,17 @@ def test_entries_list_part_sizes(cache):
 
 
 def test_clear_keeps_weights_by_default(cache):
-    removed = clear_cache()
+    removed, failed = clear_cache()
 
     assert sorted(entry.part for entry in removed) == ["reconstructions", "tiles", "uploads"]
+    assert failed == {}
     assert [path.name for path in cache.rglob("*") if path.is_file()] == ["taef2_decoder.pth"]
 
 
 def test_clear_older_than_keeps_recent(cache):
     _make_old(next((cache / "tiles").iterdir()), days=40)
 
-    removed = clear_cache(older_than_days=30)
+    removed, failed = clear_cache(older_than_days=30)
 
     assert [entry.part for entry in removed] == ["tiles"]
     assert len(cache_entries(["uploads", "reconstructions"])) == 2
@@ -92,7 +94,7 @@ def test_clear_keeps_sample_in_use(cache):
     upload = next((cache / "uploads").iterdir())
     in_use = next(path for path in upload.rglob("spatial")).parent
 
-    removed = clear_cache(["uploads", "tiles"], keep=[in_use])
+    removed, failed = clear_cache(["uploads", "tiles"], keep=[in_use])
 
     assert [entry.part for entry in removed] == ["tiles"]
     assert read_visium(in_use).n_obs > 0
@@ -106,7 +108,7 @@ def test_recent_partial_upload_is_kept(cache):
     stale.mkdir()
     _make_old(stale, days=1)
 
-    removed = {entry.path.name for entry in clear_cache(["uploads"])}
+    removed = {entry.path.name for entry in clear_cache(["uploads"])[0]}
 
     assert ".def.partial-5678" in removed
     assert ".abc.partial-1234" not in removed
@@ -125,6 +127,27 @@ def test_clear_keeps_symlink_target(cache, tmp_path):
     assert (outside / "keep.txt").read_text() == "not the cache's"
 
 
+def test_symlinked_part_folder_is_not_cleared(cache, tmp_path):
+    outside = tmp_path / "big-disk"
+    outside.mkdir()
+    (outside / "keep.jpg").write_bytes(b"tile")
+    shutil.rmtree(cache / "tiles")
+    (cache / "tiles").symlink_to(outside, target_is_directory=True)
+
+    removed, failed = clear_cache(["tiles"])
+
+    assert removed == []
+    assert (outside / "keep.jpg").is_file()
+
+
+def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("STDIFF_CACHE_DIR", str(tmp_path / "cache.txt"))
+    (tmp_path / "cache.txt").write_text("not a folder")
+
+    with pytest.raises(ValueError, match="is a file; set STDIFF_CACHE_DIR to a folder"):
+        cache_entries()
+
+
 def test_cli_lists_then_clears(cache, capsys):
     assert main(["cache"]) == 0
     listing = capsys.readouterr().out
@@ -139,9 +162,11 @@ def test_cli_lists_then_clears(cache, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["cache", "--clear", "tiles", "thumbnails"], "Invalid cache part thumbnails; choose from"),
+    (["cache", "--clear", "tiles", "thumbnails"], "Invalid cache part 'thumbnails'; choose from"),
     (["cache", "--clear", "--older-than", "-2"], "must be 0 or more days, got -2.0"),
     (["cache", "--older-than", "5"], "add --clear to remove entries"),
+    (["cache", "--clear", "all", "--older-than", "nan"], "must be 0 or more days, got nan"),
+    (["cache", "--clear", ""], "Invalid cache part ''"),
 ])
 def test_cli_rejects_bad_options(cache, caplog, argv, message):
     assert main(argv) == 2

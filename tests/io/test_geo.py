@@ -103,11 +103,11 @@ def test_interrupted_arrange_leaves_nothing(flat_folder, tmp_path, monkeypatch):
     calls = []
     place = geo_module._place
 
-    def fail_on_third(source, target, *, move):
+    def fail_on_third(source, target):
         calls.append(source)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        place(source, target, move=move)
+        place(source, target)
 
     monkeypatch.setattr(geo_module, "_place", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -160,5 +160,133 @@ def test_upload_of_two_flat_samples_rejected(flat_folder, tmp_path):
 def test_find_flat_samples_attaches_fullres_image(flat_folder):
     samples = find_flat_samples(flat_folder)
 
-    assert [path.name for path in samples["GSM9000002_C2"].images] == ["GSM9000002_C2_HE.jpg"]
-    assert [path.name for path in samples["GSM9000003_C3"].images] == ["GSM9000003_C3_HE.jpg.gz"]
+    assert samples["GSM9000002_C2"].files["GSM9000002_C2_HE.jpg"].name == "GSM9000002_C2_HE.jpg"
+    assert samples["GSM9000003_C3"].files["GSM9000003_C3_HE.jpg"].name == "GSM9000003_C3_HE.jpg.gz"
+
+
+def _copy_flat(flat_folder: Path, target: Path, prefix: str) -> Path:
+    target.mkdir(parents=True)
+    for path in flat_folder.glob(f"{prefix}*"):
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def _unprefixed(flat_folder: Path, target: Path, prefix: str) -> Path:
+    target.mkdir(parents=True)
+    for path in flat_folder.glob(f"{prefix}_*"):
+        shutil.copy(path, target / path.name.removeprefix(f"{prefix}_"))
+    return target
+
+
+def test_unprefixed_sample_named_after_folder(flat_folder, tmp_path, monkeypatch):
+    flat = _unprefixed(flat_folder, tmp_path / "download" / "C2", "GSM9000002_C2")
+    out = tmp_path / "out"
+    (out / "keep").mkdir(parents=True)
+    (out / "keep" / "data.txt").write_text("precious")
+    monkeypatch.chdir(flat)
+
+    written, skipped = arrange_flat_folder(".", "../../out", overwrite=True)
+
+    assert [path.name for path in written] == ["C2"]
+    assert (out / "keep" / "data.txt").read_text() == "precious"
+    assert read_visium(out / "C2").n_obs > 0
+
+
+def test_target_equal_to_source_folder_rejected(flat_folder, tmp_path):
+    flat = _unprefixed(flat_folder, tmp_path / "data" / "C2", "GSM9000002_C2")
+    (flat / "notes.txt").write_text("mine")
+
+    written, skipped = arrange_flat_folder(flat, tmp_path / "data", overwrite=True)
+
+    assert written == []
+    assert "would replace the folder that contains" in skipped["C2"]
+    assert (flat / "notes.txt").read_text() == "mine"
+
+
+def test_move_keeps_sources_when_gzip_damaged(flat_folder, tmp_path):
+    flat = _copy_flat(flat_folder, tmp_path / "flat", "GSM")
+    damaged = flat / "GSM9000002_C2_tissue_hires_image.png.gz"
+    damaged.write_bytes(damaged.read_bytes()[:5000])
+    before = sorted(path.name for path in flat.iterdir())
+
+    written, skipped = arrange_flat_folder(flat, tmp_path / "data", move=True)
+
+    assert [path.name for path in written] == ["GSM9000003_C3"]
+    assert "is not a complete gzip file" in skipped["GSM9000002_C2"]
+    assert sorted(path.name for path in flat.iterdir() if path.name.startswith("GSM9000002")) == [
+        name for name in before if name.startswith("GSM9000002")]
+    assert not any(path.name.startswith("GSM9000003") for path in flat.iterdir())
+    assert [path.name for path in (tmp_path / "data").iterdir()] == ["GSM9000003_C3"]
+
+
+def test_symlinked_sources_give_real_files(flat_folder, tmp_path):
+    links = tmp_path / "links"
+    links.mkdir()
+    for path in flat_folder.glob("GSM9000002_C2*"):
+        (links / path.name).symlink_to(path)
+
+    written, _ = arrange_flat_folder(links, tmp_path / "data")
+
+    h5 = written[0] / "filtered_feature_bc_matrix.h5"
+    assert not h5.is_symlink()
+    assert read_visium(written[0]).n_obs > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda flat: (flat / "GSM9000003_C3_barcodes.tsv.gz").unlink(), "barcodes.tsv.gz for its matrix.mtx"),
+    (lambda flat: shutil.copy(flat / "GSM9000003_C3_HE.jpg.gz", flat / "GSM9000003_C3_HE.jpg"),
+     "GSM9000003_C3_HE.jpg and GSM9000003_C3_HE.jpg.gz both give"),
+    (lambda flat: (flat / "GSM9000003_C3_filtered_feature_bc_matrix.h5").symlink_to(flat / "gone.h5"),
+     "symbolic link GSM9000003_C3_filtered_feature_bc_matrix.h5"),
+])
+def test_unreadable_sample_skipped_with_reason(flat_folder, tmp_path, change, message):
+    flat = _copy_flat(flat_folder, tmp_path / "flat", "GSM9000003_C3")
+    change(flat)
+
+    written, skipped = arrange_flat_folder(flat, tmp_path / "data")
+
+    assert written == []
+    assert message in skipped["GSM9000003_C3"]
+
+
+def test_sample_folder_is_not_arranged(shared_data_dir, tmp_path):
+    with pytest.raises(ValueError, match="is a Space Ranger sample folder already"):
+        arrange_flat_folder(shared_data_dir / "her2st-C2", tmp_path / "data")
+
+    assert not (tmp_path / "data").exists()
+
+
+def test_upload_two_flat_folders_rejected(flat_folder, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(flat_folder.iterdir()):
+            if path.name.startswith("GSM"):
+                archive.write(path, f"{path.name[:10]}/{path.name}")
+
+    with pytest.raises(ArchiveError, match="GEO files of 2 samples"):
+        extract_archive(buffer.getvalue(), tmp_path / "uploads", name="two-folders.zip")
+
+
+def test_upload_with_folder_named_like_sample(flat_folder, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(flat_folder.glob("GSM9000002_C2*")):
+            archive.write(path, path.name)
+        archive.writestr("GSM9000002_C2/readme.txt", "notes")
+
+    sample = extract_archive(buffer.getvalue(), tmp_path / "uploads", name="C2.zip")
+
+    assert read_visium(sample).n_obs > 0
+
+
+def test_upload_with_damaged_gzip_rejected(flat_folder, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(flat_folder.glob("GSM9000002_C2*")):
+            data = path.read_bytes()
+            archive.writestr(path.name, data[:3000] if path.name.endswith("hires_image.png.gz") else data)
+
+    with pytest.raises(ArchiveError, match="is not a complete gzip file"):
+        extract_archive(buffer.getvalue(), tmp_path / "uploads", name="C2.zip")
+
+    assert [path for path in (tmp_path / "uploads").iterdir() if not path.name.startswith(".")] == []
