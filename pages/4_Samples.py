@@ -120,7 +120,8 @@ if details:
         st.warning(warning)
 
 
-@st.cache_data(show_spinner=False, ttl=60)
+# Walking the tile folders takes a moment, so sizes may be up to 10 seconds old.
+@st.cache_data(show_spinner=False, ttl=10)
 def cache_usage(cache_dir: str) -> list[dict]:
     return summary_rows(cache_entries(root=cache_dir))
 
