@@ -155,7 +155,8 @@ def find_flat_samples(folder: str | Path) -> dict[str, FlatSample]:
     """Group the Space Ranger files directly in ``folder`` by their sample prefix.
 
     A file without a prefix belongs to a sample named after ``folder``. Images with a sample's prefix and no
-    Space Ranger name (the full-resolution image) go with that sample.
+    Space Ranger name (the full-resolution image) go with that sample, and in a folder without prefixes every
+    image goes with its one sample.
     """
     folder = Path(folder)
     samples: dict[str, FlatSample] = {}
@@ -178,7 +179,8 @@ def find_flat_samples(folder: str | Path) -> dict[str, FlatSample]:
             sample.add(place, child)
     prefixes = {prefix for prefix in samples if prefix}
     for child in others:
-        owner = _owner(child.name, prefixes)
+        # In a folder of one sample without prefixes, every image belongs to that sample.
+        owner = _owner(child.name, prefixes) if prefixes else ("" if "" in samples else None)
         if owner is None or not _unzipped_name(child.name).lower().endswith(IMAGE_SUFFIXES):
             continue
         if child.is_symlink() and not child.exists():
@@ -209,8 +211,9 @@ def _place(source: Path, target: Path) -> None:
     Raises ValueError when a gzipped file is damaged.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    source = source.resolve()
-    if source.name.lower().endswith(".gz") and not target.name.endswith(".gz"):
+    unpack = source.name.lower().endswith(".gz") and not target.name.endswith(".gz")
+    source = source.resolve()  # Link or copy the file itself, not a symbolic link to it.
+    if unpack:
         try:
             with gzip.open(source, "rb") as packed, open(target, "wb") as unpacked:
                 shutil.copyfileobj(packed, unpacked, length=16 * 1024 * 1024)

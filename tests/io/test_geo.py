@@ -189,7 +189,8 @@ def test_unprefixed_sample_named_after_folder(flat_folder, tmp_path, monkeypatch
 
     assert [path.name for path in written] == ["C2"]
     assert (out / "keep" / "data.txt").read_text() == "precious"
-    assert read_visium(out / "C2").n_obs > 0
+    adata = read_visium(out / "C2")
+    assert Path(adata.uns["spatial"]["her2st_C2"]["metadata"]["fullres_path"]).name == "HE.jpg"
 
 
 def test_target_equal_to_source_folder_rejected(flat_folder, tmp_path):
