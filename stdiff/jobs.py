@@ -38,6 +38,7 @@ JOB_FILE = "job.json"
 LOG_FILE = "log.txt"
 EXIT_CODE_FILE = "exit_code"
 CANCELLED_FILE = "cancelled"
+KILL_WAIT_SECONDS = 5.0  # how long cancel_job waits for a job to exit after SIGKILL
 
 # The subcommands of ``stdiff.cli`` a job may run.
 STEPS = ("prepare", "train-clip", "train-ldm", "reconstruct", "evaluate", "export", "reconstruct-sample")
@@ -256,16 +257,32 @@ def cancel_job(job: Job, *, timeout: float = 10.0) -> str:
         return job_status(job)
     # Waiting for the wrapper to exit, not only for the exit code, means job.json contains the final status too.
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _process_alive(job.pid):
-            return job_status(job)
+    while _process_alive(job.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    logger.warning("Job %s did not stop within %.0f s of SIGTERM; sending SIGKILL", job.job_id, timeout)
-    try:
-        os.killpg(job.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if _process_alive(job.pid):
+        logger.warning("Job %s did not stop within %.0f s of SIGTERM; sending SIGKILL", job.job_id, timeout)
+        try:
+            os.killpg(job.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # SIGKILL cannot be ignored, but the process needs a moment to exit; until then the job reads as running.
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while _process_alive(job.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    _record_end(job)
     return job_status(job)
+
+
+def _record_end(job: Job) -> None:
+    """Write the final status into job.json when the wrapper was stopped before it could."""
+    status = job_status(job)
+    path = job.folder / JOB_FILE
+    payload = json.loads(path.read_text())
+    if status == "running" or payload.get("status") != "running":
+        return
+    payload["status"] = status
+    payload["ended"] = datetime.now().isoformat(timespec="seconds")
+    write_json_atomically(path, payload)
 
 
 def wait_for_job(job: Job, statuses: set[str], *, timeout: float, poll: float = 0.5) -> str:
@@ -330,6 +347,9 @@ def _run_wrapper(folder: Path) -> int:
             log.write(f"Could not start {job.command[0]}: {error}\n".encode())
             exit_code = 127
         else:
+            if (folder / CANCELLED_FILE).exists():
+                # The cancel came between the wrapper's start and this command's, so the SIGTERM missed it.
+                process.terminate()
             exit_code = process.wait()
     (folder / f".{EXIT_CODE_FILE}.tmp").write_text(f"{exit_code}\n")
     os.replace(folder / f".{EXIT_CODE_FILE}.tmp", folder / EXIT_CODE_FILE)

@@ -88,6 +88,18 @@ def test_cancel_running_training(prepared, job_env):
     assert stored["status"] == "cancelled"
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc (Linux)")
+def test_cancel_right_after_start(prepared, job_env):
+    root, _ = prepared
+    job = jobs.start_job(root, args=["train-clip", str(root / "tiny"), "--steps", "1000000"], label="tiny")
+
+    assert jobs.cancel_job(job) == "cancelled"
+
+    assert live_group_members(job.pid) == []
+    stored = json.loads((job.folder / jobs.JOB_FILE).read_text())
+    assert stored["status"] == "cancelled"
+
+
 def test_failed_job_and_restart(tmp_path, job_env):
     job = jobs.start_job(tmp_path, args=["evaluate", str(tmp_path / "no-such-run")], label="missing")
     assert jobs.wait_for_job(job, {"finished", "failed", "cancelled"}, timeout=120) == "failed"
