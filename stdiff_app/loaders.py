@@ -64,15 +64,16 @@ def sample_expression(sample_dir: str, genes: tuple[str, ...], target_sum: float
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def generate_for_spot(model_dir: str, expression: tuple[float, ...], n_patches: int, seed: int,
-                      guidance_scale: float, steps: int, strength: float = 1.0) -> np.ndarray:
+                      guidance_scale: float, steps: int, strength: float = 1.0, retrieve_by: str = "clip") -> np.ndarray:
     """Generated patches (n_patches, R, R, 3) for one expression vector.
 
-    With ``strength`` below 1, sampling starts from the training patch retrieved for the expression in CLIP
-    space, noised to that share of the schedule.
+    With ``strength`` below 1, sampling starts from the training patch retrieved for the expression, noised to
+    that share of the schedule. ``retrieve_by`` is "clip" (nearest in CLIP space) or "expression" (the training
+    spot nearest in measured expression).
     """
     pipeline = load_pipeline(model_dir)
     values = np.asarray(expression, dtype=np.float32)[None]
-    init_latents = pipeline.retrieved_latents(values) if strength < 1.0 else None
+    init_latents = pipeline.retrieved_latents(values, by=retrieve_by) if strength < 1.0 else None
     return pipeline.generate(values, n_per_spot=n_patches, seed=seed, guidance_scale=guidance_scale,
                              num_inference_steps=steps, init_latents=init_latents, strength=strength)[0]
 

@@ -66,6 +66,28 @@ def test_tissue_page_patch_count_control(app_env):
     assert sum(caption.startswith("Generated") for caption in captions) == 3
 
 
+def test_tissue_start_from_nearest_expression(app_env, monkeypatch):
+    from stdiff.pipeline import StdiffPipeline
+
+    retrievals = []
+    original = StdiffPipeline.retrieved_latents
+
+    def recording(self, expression, *, by="clip"):
+        retrievals.append(by)
+        return original(self, expression, by=by)
+
+    monkeypatch.setattr(StdiffPipeline, "retrieved_latents", recording)
+    app = select_sample(open_app(), "her2st-C6")
+    from_noise = app.dataframe[0].value
+
+    app.sidebar.radio(key="tissue_start").set_value("Training patch nearest in expression").run()
+
+    assert not app.exception
+    assert app.sidebar.slider(key="tissue_strength").value == 0.3
+    assert retrievals == ["expression"]
+    assert not app.dataframe[0].value.equals(from_noise)
+
+
 def test_heatmaps_page_shared_scale(app_env):
     if not (DEMO_MODEL / "reconstructions" / "her2st-C6.npz").is_file():
         pytest.skip("the demo model ships no reconstruction of her2st-C6")

@@ -180,6 +180,10 @@ def test_browser_walkthrough(server):
             expect(page.get_by_role("combobox", name="Spot (barcode)")).to_have_value(target["barcode"], timeout=60_000)
             expect(page.get_by_text("Generated 1", exact=True)).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
             wait_until_idle(page)
+            # The metrics table and the top-genes chart draw on canvases after the script has finished.
+            expect(page.locator('[data-testid="stDataFrame"] canvas').first).to_be_visible(timeout=30_000)
+            expect(page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg')
+                   .first).to_be_visible(timeout=30_000)
             screenshot(page, "1-tissue")
 
             # Lasso: pick the tool, drag a loop around the middle of the section; the spots inside get patches.
@@ -223,7 +227,8 @@ def test_browser_walkthrough(server):
 
             # Wait for text that each page shows only once its content is drawn.
             for number, title, loaded in ((3, "Edit expression", "Reset to the measured profile"),
-                                          (4, "Samples", "UMI counts per spot"), (5, "Export", "AnnData (h5ad)")):
+                                          (4, "Samples", "UMI counts per spot"),
+                                          (5, "Export", "AnnData with reconstruction (h5ad)")):
                 open_page(page, title)
                 expect(page.get_by_text(loaded).first).to_be_visible(timeout=60_000)
                 wait_until_idle(page)
