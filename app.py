@@ -5,6 +5,8 @@ This file is the Tissue page, the app's home; the other pages are in ``pages/``.
 STDIFF_MODEL_DIR (default ``models/demo``); see the README.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 # The first start of a server imports PyTorch, scanpy and the model code, which takes a while on a slow disk. A
@@ -124,6 +126,11 @@ with st.sidebar:
                                  help="Share of the noise schedule added to the retrieved patch; 1 ignores it. "
                                       "Of the two values evaluated (0.3 and 0.6), 0.3 scored better on the held-out "
                                       "sections in docs/results.md.")
+            sample_name = Path(selection.sample_dir).name
+            parts = pipeline.card.get("train_samples", [])
+            if any(part == sample_name or part.startswith(f"{sample_name}.") for part in parts):
+                st.warning(f"{sample_name} was used to train this model, so the retrieved patch can be the spot's "
+                           "own and the generated patch close to a copy of the real one.")
 
 finite = np.asarray(values, dtype=np.float64)[np.isfinite(values)] if values is not None else np.zeros(0)
 cmin, cmax = (float(finite.min()), float(finite.max())) if len(finite) else (None, None)

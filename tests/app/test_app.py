@@ -86,6 +86,16 @@ def test_tissue_start_from_nearest_expression(app_env, monkeypatch):
     assert app.sidebar.slider(key="tissue_strength").value == 0.3
     assert retrievals == ["expression"]
     assert not app.dataframe[0].value.equals(from_noise)
+    assert not app.sidebar.warning
+
+
+def test_tissue_retrieval_on_training_sample_warns(app_env):
+    app = select_sample(open_app(), "her2st-C2")
+
+    app.sidebar.radio(key="tissue_start").set_value("Training patch nearest in CLIP space").run()
+
+    assert not app.exception
+    assert "her2st-C2 was used to train this model" in app.sidebar.warning[0].value
 
 
 def test_heatmaps_page_shared_scale(app_env):
