@@ -227,7 +227,7 @@ class StdiffPipeline:
         bank = self.reference["image_embeds"].numpy()
         expression = self.reference["expression"].numpy() if values is None else np.asarray(values)
         if len(expression) != len(bank):
-            raise ValueError(f"values has {len(expression)} rows but the reference holds {len(bank)} spots.")
+            raise ValueError(f"values has {len(expression)} rows but the reference contains {len(bank)} spots.")
         k = min(k, len(bank))
         similarity = embeddings @ bank.T
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]

@@ -181,7 +181,7 @@ def reconstruct_to_file(
     path = Path(path)
     expression = expression_matrix(adata, pipeline.gene_set)
     if real_patches is not None and len(real_patches) != len(expression):
-        raise ValueError(f"real_patches holds {len(real_patches)} patches for {len(expression)} spots.")
+        raise ValueError(f"real_patches contains {len(real_patches)} patches for {len(expression)} spots.")
     predicted, thumbnails = [], []
     metrics: dict[str, list] = {name: [] for name in SPOT_METRICS}
     for start in range(0, len(expression), chunk_size):

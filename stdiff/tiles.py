@@ -1,8 +1,8 @@
 """A level-of-detail pyramid of a tissue image, for viewing the full-resolution H&E at any zoom.
 
 Level 0 contains full-resolution pixels, level ``L`` one pixel per ``2**L`` full-resolution pixels. Each level
-is cut into square JPEG tiles, made on first use and kept in a cache folder, so that a view sends the browser
-only the pixels of its own window and zoom, and a second visit reads a few small files.
+is cut into square JPEG tiles, made on first use and kept in a cache folder. A view sends the browser only the
+pixels of its own window and zoom, and a second visit reads a few small files.
 """
 
 from __future__ import annotations

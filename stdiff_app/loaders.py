@@ -95,7 +95,7 @@ def load_reconstruction(path: str, mtime: float) -> dict[str, np.ndarray]:
 
 
 def stored_reconstruction(model_dir: str, sample_dir: str, barcodes: list[str]) -> tuple[dict | None, str]:
-    """The sample's stored reconstruction by the model, or None and why there is none to show."""
+    """Return the sample's stored reconstruction by the model, or None and the reason there is none to show."""
     path = reconstruction_path(model_dir, sample_dir)
     if not path.is_file():
         return None, "This sample has no reconstruction by this model yet (Heatmaps page: Reconstruct this sample)."

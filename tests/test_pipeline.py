@@ -403,7 +403,7 @@ def test_reconstruct_to_file_spot_metrics(pipeline, shared_data_dir, tmp_path):
         assert {f"metric_{name}" for name in SPOT_METRICS} <= set(stored.files)
         np.testing.assert_allclose(stored["metric_ssim"], ssim(real, generated[:, 0]), atol=1e-4)
         np.testing.assert_allclose(stored["metric_lpips"], lpips_distance(real, generated[:, 0]), atol=1e-4)
-    with pytest.raises(ValueError, match="real_patches holds 2 patches for 3 spots"):
+    with pytest.raises(ValueError, match="real_patches contains 2 patches for 3 spots"):
         reconstruct_to_file(pipeline, adata, tmp_path / "bad.npz", config, real_patches=real[:2])
 
 

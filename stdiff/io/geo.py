@@ -179,8 +179,11 @@ def find_flat_samples(folder: str | Path) -> dict[str, FlatSample]:
             sample.add(place, child)
     prefixes = {prefix for prefix in samples if prefix}
     for child in others:
-        # In a folder of one sample without prefixes, every image belongs to that sample.
-        owner = _owner(child.name, prefixes) if prefixes else ("" if "" in samples else None)
+        if prefixes:
+            owner = _owner(child.name, prefixes)
+        else:
+            # In a folder of one sample without prefixes, every image belongs to that sample.
+            owner = "" if "" in samples else None
         if owner is None or not _unzipped_name(child.name).lower().endswith(IMAGE_SUFFIXES):
             continue
         if child.is_symlink() and not child.exists():
@@ -243,7 +246,7 @@ def arrange_sample(sample: FlatSample, out_dir: str | Path, *, move: bool = Fals
 
     Files are hard-linked (copied where links are not possible) and gzipped ones unpacked, into a folder under
     a temporary name that is renamed when complete. With ``move`` the source files are deleted only after that,
-    so an error or an interruption never loses one.
+    so an error or an interruption leaves every source file in place.
 
     Raises
     ------
