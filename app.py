@@ -119,16 +119,17 @@ with st.sidebar:
                          help="A training patch is retrieved for the spot's expression, noised and then denoised "
                               "under that expression, so that its texture stays real. On spots of a training "
                               "sample it can be the spot's own patch.")
-        retrieve_by = start_options[start] or "clip"
+        retrieve_by = start_options[start]
         strength = 1.0
-        if start_options[start] is not None:
+        if retrieve_by is not None:
             strength = st.slider("Strength", 0.1, 1.0, 0.3, 0.1, key="tissue_strength",
                                  help="Share of the noise schedule added to the retrieved patch; 1 ignores it. "
                                       "Of the two values evaluated (0.3 and 0.6), 0.3 scored better on the held-out "
                                       "sections in docs/results.md.")
+            from stdiff.prepare import TRAIN_PART_SUFFIX
+
             sample_name = Path(selection.sample_dir).name
-            parts = pipeline.card.get("train_samples", [])
-            if any(part == sample_name or part.startswith(f"{sample_name}.") for part in parts):
+            if {sample_name, sample_name + TRAIN_PART_SUFFIX} & set(pipeline.card.get("train_samples", [])):
                 st.warning(f"{sample_name} was used to train this model, so the retrieved patch can be the spot's "
                            "own and the generated patch close to a copy of the real one.")
 
@@ -247,7 +248,7 @@ with explore:
                 with st.spinner(f"Generating one patch for each of {len(shown)} spots…"):
                     generated = [generate_for_spot(selection.model_dir, tuple(float(v) for v in expression[i]), 1,
                                                    int(seed), float(guidance), int(steps), float(strength),
-                                                   retrieve_by)[0]
+                                                   retrieve_by or "clip")[0]
                                  for i in shown]
                 # Real and generated patch of each spot side by side, two spots to a row.
                 for first in range(0, len(shown), 2):
@@ -280,7 +281,7 @@ with explore:
                 with st.spinner("Generating patches…"):
                     generated = generate_for_spot(selection.model_dir, tuple(float(v) for v in expression[index]),
                                                   n_patches, int(seed), float(guidance), int(steps), float(strength),
-                                                  retrieve_by)
+                                                  retrieve_by or "clip")
                 images = [patches[index], *generated]
                 captions = ["Real"] + [f"Generated {i + 1}" for i in range(len(generated))]
                 st.image(images, caption=captions, width=150, output_format="PNG")

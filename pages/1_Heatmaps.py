@@ -31,7 +31,8 @@ if reconstruction is None:
     start_options = ["Retrieved training patch", "Noise"] if pipeline.has_reference_latents else ["Noise"]
     start = st.radio("Start from", start_options, key="heatmaps_start", horizontal=True,
                      help="Retrieved: the training patch nearest to each spot's expression in CLIP space, noised to "
-                          "60% of the schedule and denoised under the spot's expression.")
+                          "60% of the schedule and denoised under the spot's expression. This is how the demo "
+                          "model's stored reconstructions were made, so maps of different samples compare.")
     if st.button("Reconstruct this sample", key="heatmaps_run", type="primary"):
         try:
             real = sample_patches(selection.sample_dir, pipeline.patch_size, pipeline.resolution)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import settings
-from .io.archive import format_bytes
+from .units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ CACHE_PARTS = {
     "taef2": "downloaded TAEF2 autoencoder weights",
 }
 DEFAULT_CLEAR = ("uploads", "tiles", "reconstructions")
-# An unfinished upload younger than this may still be unpacking in a running app.
-PARTIAL_GRACE_SECONDS = 3600
+# Entries whose name starts with "." are work in progress (an upload being unpacked, a reconstruction being
+# written); younger than this, a running app may still be writing them.
+IN_PROGRESS_GRACE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,12 @@ def _size_and_newest(path: Path) -> tuple[int, float]:
         return info.st_size, info.st_mtime
     size, newest = 0, info.st_mtime
     for parent, folders, files in os.walk(path):
-        for name in folders + files:
+        for name, is_file in [(name, False) for name in folders] + [(name, True) for name in files]:
             try:
                 child = os.lstat(os.path.join(parent, name))
             except OSError:
                 continue  # Removed while listing.
-            if name in files:
+            if is_file:
                 size += child.st_size
             newest = max(newest, child.st_mtime)
     return size, newest
@@ -118,8 +119,8 @@ def clear_cache(parts=DEFAULT_CLEAR, *, older_than_days: float | None = None, ro
                 keep=(), dry_run: bool = False) -> tuple[list[CacheEntry], dict[Path, str]]:
     """Remove the entries of ``parts``; with ``older_than_days``, only those not written to for that long.
 
-    Entries that contain a path of ``keep`` (a sample folder in use, for example) are kept, and so are unfinished
-    uploads (``.*.partial-*`` folders) younger than an hour, since a running app may still be unpacking them.
+    Entries that contain a path of ``keep`` (a sample folder in use, for example) are kept, and so are entries
+    in progress (names starting with ".") younger than an hour, since a running app may still be writing them.
     Returns the entries removed (or, with ``dry_run``, those that would be) and, by path, the error of each
     entry that could not be removed.
     """
@@ -133,7 +134,7 @@ def clear_cache(parts=DEFAULT_CLEAR, *, older_than_days: float | None = None, ro
             continue
         if any(path.is_relative_to(entry.path.absolute()) for path in kept):
             continue
-        if ".partial-" in entry.path.name and now - entry.modified < PARTIAL_GRACE_SECONDS:
+        if entry.path.name.startswith(".") and now - entry.modified < IN_PROGRESS_GRACE_SECONDS:
             continue
         if not dry_run:
             try:
@@ -141,6 +142,8 @@ def clear_cache(parts=DEFAULT_CLEAR, *, older_than_days: float | None = None, ro
                     shutil.rmtree(entry.path)
                 else:
                     entry.path.unlink()
+            except FileNotFoundError:
+                pass  # Another process removed it first.
             except OSError as error:
                 logger.warning("Failed to remove %s: %s", entry.path, error)
                 failed[entry.path] = str(error)

@@ -193,7 +193,7 @@ def _run_arrange_geo(args) -> None:
 
 def _run_cache(args) -> None:
     from .cache import DEFAULT_CLEAR, cache_entries, clear_cache, resolve_parts, summary_lines
-    from .io.archive import format_bytes
+    from .units import format_bytes
 
     if args.clear is None:
         if args.older_than is not None or args.dry_run:

@@ -273,16 +273,23 @@ def cancel_job(job: Job, *, timeout: float = 10.0) -> str:
     return job_status(job)
 
 
+def _write_end(folder: Path, status: str, **fields) -> None:
+    """Store a job's final ``status``, the end time and ``fields`` in its job.json."""
+    path = folder / JOB_FILE
+    payload = json.loads(path.read_text())
+    payload.update(fields, status=status, ended=datetime.now().isoformat(timespec="seconds"))
+    write_json_atomically(path, payload)
+
+
 def _record_end(job: Job) -> None:
     """Write the final status into job.json when the wrapper was stopped before it could."""
     status = job_status(job)
-    path = job.folder / JOB_FILE
-    payload = json.loads(path.read_text())
-    if status == "running" or payload.get("status") != "running":
-        return
-    payload["status"] = status
-    payload["ended"] = datetime.now().isoformat(timespec="seconds")
-    write_json_atomically(path, payload)
+    try:
+        if status == "running" or json.loads((job.folder / JOB_FILE).read_text()).get("status") != "running":
+            return
+        _write_end(job.folder, status)
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("Job %s ended as %s, but its %s could not be updated: %s", job.job_id, status, JOB_FILE, error)
 
 
 def wait_for_job(job: Job, statuses: set[str], *, timeout: float, poll: float = 0.5) -> str:
@@ -354,12 +361,7 @@ def _run_wrapper(folder: Path) -> int:
     (folder / f".{EXIT_CODE_FILE}.tmp").write_text(f"{exit_code}\n")
     os.replace(folder / f".{EXIT_CODE_FILE}.tmp", folder / EXIT_CODE_FILE)
 
-    payload = json.loads((folder / JOB_FILE).read_text())
-    payload["pid"] = os.getpid()
-    payload["status"] = job_status(job)
-    payload["exit_code"] = exit_code
-    payload["ended"] = datetime.now().isoformat(timespec="seconds")
-    write_json_atomically(folder / JOB_FILE, payload)
+    _write_end(folder, job_status(job), pid=os.getpid(), exit_code=exit_code)
     return exit_code
 
 

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from stdiff import settings
+from stdiff.units import format_bytes
 from stdiff.io.geo import arrange_sample, find_flat_samples
 from stdiff.io.visium import is_sample_dir
 
@@ -40,15 +41,6 @@ DEFAULT_FOLDER_NAME = "sample"
 
 class ArchiveError(ValueError):
     """An uploaded archive is unreadable, unsafe, too large, or does not contain exactly one Space Ranger sample."""
-
-
-def format_bytes(size: float) -> str:
-    """``size`` in bytes, KiB, MiB or GiB, for messages."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:,} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def _open_source(source: str | Path | bytes | BinaryIO) -> tuple[BinaryIO, str, str | None]:
@@ -222,6 +214,12 @@ def _unpack(stream: BinaryIO, target: Path, limits: _Limits) -> None:
         ) from error
 
 
+def _child_folders(folder: Path) -> list[Path]:
+    """Return the subfolders of ``folder`` that may hold a sample: not hidden, not macOS metadata."""
+    return [child for child in sorted(folder.iterdir())
+            if child.is_dir() and child.name not in MACOS_METADATA and not child.name.startswith(".")]
+
+
 def find_sample_in(folder: Path) -> Path:
     """Return the Space Ranger sample in ``folder``: the folder itself or the one subfolder that is a sample.
 
@@ -234,11 +232,7 @@ def find_sample_in(folder: Path) -> Path:
     """
     if is_sample_dir(folder):
         return folder
-    children = [
-        child for child in sorted(folder.iterdir()) if child.is_dir() and child.name not in MACOS_METADATA
-        and not child.name.startswith(".")
-    ]
-    samples = [child for child in children if is_sample_dir(child)]
+    samples = [child for child in _child_folders(folder) if is_sample_dir(child)]
     if len(samples) == 1:
         return samples[0]
     if samples:
@@ -309,7 +303,7 @@ def extract_archive(
         try:
             content.mkdir(parents=True)
             _unpack(stream, content, limits)
-            _arrange_flat_upload(content)
+            _arrange_flat_upload(content, limits)
             find_sample_in(content)
             (partial / COMPLETE_MARKER).write_text(f"{name or source_name or ''}\n")
             _move_into_place(partial, cached)
@@ -323,15 +317,15 @@ def extract_archive(
     return find_sample_in(_content_folder(cached))
 
 
-def _arrange_flat_upload(content: Path) -> None:
+def _arrange_flat_upload(content: Path, limits: _Limits) -> None:
     """Turn an upload of one sample's GEO files, all in one folder, into a Space Ranger folder inside ``content``.
 
     The files are arranged beside ``content`` first, then replace its contents, so that a folder in the archive
-    named like the sample does not get in the way.
+    named like the sample does not get in the way. Unpacking the gzipped files counts against ``limits``.
     """
-    if is_sample_dir(content) or any(is_sample_dir(child) for child in content.iterdir() if child.is_dir()):
+    folders = [content, *_child_folders(content)]
+    if any(is_sample_dir(folder) for folder in folders):
         return
-    folders = [content, *(child for child in content.iterdir() if child.is_dir() and child.name not in MACOS_METADATA)]
     samples = [sample for folder in folders for sample in find_flat_samples(folder).values() if not sample.missing()]
     if not samples:
         return
@@ -343,7 +337,9 @@ def _arrange_flat_upload(content: Path) -> None:
         )
     staging = content.parent / ".geo"
     try:
-        arranged = arrange_sample(samples[0], staging)
+        arranged = arrange_sample(samples[0], staging, on_bytes=limits.add_bytes)
+    except ArchiveError:
+        raise
     except ValueError as error:
         raise ArchiveError(f"Cannot arrange the GEO files in the archive: {error}") from error
     shutil.rmtree(content)

@@ -11,9 +11,19 @@ from stdiff.io.images import broken_link_note
 PREFIX_SEPARATORS = ("_", "-", ".")
 
 
+def space_ranger_prefix(file_name: str, name: str) -> str | None:
+    """Return the prefix before ``name`` and a separator in ``file_name`` ("" when they are equal), or None."""
+    if file_name == name:
+        return ""
+    for separator in PREFIX_SEPARATORS:
+        if file_name.endswith(separator + name):
+            return file_name[: -len(name) - 1]
+    return None
+
+
 def has_space_ranger_name(path: Path, name: str) -> bool:
     """Return True when the file name of ``path`` is ``name``, or ``name`` after a prefix and a separator."""
-    return path.name == name or any(path.name.endswith(separator + name) for separator in PREFIX_SEPARATORS)
+    return space_ranger_prefix(path.name, name) is not None
 
 
 def find_named(folder: Path, name: str, *, directory: bool = False) -> Path | None:

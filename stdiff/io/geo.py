@@ -16,6 +16,7 @@ import shlex
 import shutil
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from stdiff.constants import (
     SPATIAL_DIR,
     SPATIAL_QC_IMAGES,
 )
-from stdiff.io.files import PREFIX_SEPARATORS
+from stdiff.io.files import PREFIX_SEPARATORS, space_ranger_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 MTX_NAMES = (MTX_MATRIX, MTX_BARCODES, MTX_FEATURES, MTX_GENES)
 COUNTS_PLACES = (FILTERED_H5, RAW_H5, f"{FILTERED_MTX_DIR}/{MTX_MATRIX}", f"{RAW_MTX_DIR}/{MTX_MATRIX}")
 POSITIONS_PLACES = tuple(PLACES[name] for name in (POSITIONS_V2, POSITIONS_V1, POSITIONS_PARQUET))
+UNPACK_CHUNK_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -107,16 +109,6 @@ def _unzipped_name(name: str) -> str:
     return name[:-3] if name.lower().endswith(".gz") else name
 
 
-def _prefix_before(name: str, end: str) -> str | None:
-    """Return what comes before ``end`` and a separator in ``name`` ("" when ``name`` is ``end``), or None."""
-    if name == end:
-        return ""
-    for separator in PREFIX_SEPARATORS:
-        if name.endswith(separator + end):
-            return name[: -len(end) - 1]
-    return None
-
-
 def _split_name(file_name: str) -> tuple[str, str] | None:
     """Return (sample prefix, place in a Space Ranger folder) for a file named like a Space Ranger file, else None.
 
@@ -125,12 +117,12 @@ def _split_name(file_name: str) -> tuple[str, str] | None:
     """
     name = _unzipped_name(file_name)
     for known in sorted(PLACES, key=len, reverse=True):
-        prefix = _prefix_before(name, known)
+        prefix = space_ranger_prefix(name, known)
         if prefix is None:
             continue
         if known in MTX_NAMES:
             for folder in (FILTERED_MTX_DIR, RAW_MTX_DIR):
-                inner = _prefix_before(prefix, folder)
+                inner = space_ranger_prefix(prefix, folder)
                 if inner is not None:
                     return inner, f"{folder}/{known}"
         return prefix, PLACES[known]
@@ -190,7 +182,14 @@ def find_flat_samples(folder: str | Path) -> dict[str, FlatSample]:
             samples[owner].broken_links.append(child)
         else:
             samples[owner].add(_unzipped_name(child.name), child)
-    return {sample.name: sample for sample in samples.values()}
+    by_name: dict[str, FlatSample] = {}
+    for sample in samples.values():
+        other = by_name.setdefault(sample.name, sample)
+        if other is not sample:
+            # Files without a prefix are named after the folder, which can equal another sample's prefix.
+            conflict = f"files with and without the prefix {sample.name} describe one sample (keep one set)"
+            other.conflicts.append(conflict)
+    return by_name
 
 
 def flat_folder_hint(folder: str | Path) -> str:
@@ -208,10 +207,11 @@ def flat_folder_hint(folder: str | Path) -> str:
             "per sample.")
 
 
-def _place(source: Path, target: Path) -> None:
+def _place(source: Path, target: Path, on_bytes: Callable[[int], None] | None = None) -> None:
     """Put ``source`` at ``target``: unpacked when ``target`` drops its .gz, else hard-linked or copied.
 
-    Raises ValueError when a gzipped file is damaged.
+    ``on_bytes`` is called with the size of each unpacked chunk, so that a caller can cap what a small gzip
+    file expands to. Raises ValueError when a gzipped file is damaged.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     unpack = source.name.lower().endswith(".gz") and not target.name.endswith(".gz")
@@ -219,7 +219,10 @@ def _place(source: Path, target: Path) -> None:
     if unpack:
         try:
             with gzip.open(source, "rb") as packed, open(target, "wb") as unpacked:
-                shutil.copyfileobj(packed, unpacked, length=16 * 1024 * 1024)
+                while chunk := packed.read(UNPACK_CHUNK_BYTES):
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                    unpacked.write(chunk)
         except (EOFError, zlib.error, gzip.BadGzipFile) as error:
             raise ValueError(f"{source.name} is not a complete gzip file ({error}); download it again.") from error
         return
@@ -241,12 +244,14 @@ def _check_target(target: Path, out_dir: Path, sources: list[Path]) -> None:
                                  "choose an --out folder outside the GEO folder's own path.")
 
 
-def arrange_sample(sample: FlatSample, out_dir: str | Path, *, move: bool = False, overwrite: bool = False) -> Path:
+def arrange_sample(sample: FlatSample, out_dir: str | Path, *, move: bool = False, overwrite: bool = False,
+                   on_bytes: Callable[[int], None] | None = None) -> Path:
     """Write ``sample`` as a Space Ranger folder ``out_dir/<sample name>`` and return it.
 
     Files are hard-linked (copied where links are not possible) and gzipped ones unpacked, into a folder under
     a temporary name that is renamed when complete. With ``move`` the source files are deleted only after that,
-    so an error or an interruption leaves every source file in place.
+    so an error or an interruption leaves every source file in place. ``on_bytes`` receives the size of each
+    unpacked chunk (see :func:`_place`).
 
     Raises
     ------
@@ -260,7 +265,8 @@ def arrange_sample(sample: FlatSample, out_dir: str | Path, *, move: bool = Fals
     if problems:
         found = sorted(path.name for path in sample.files.values())
         raise ValueError(f"Sample {sample.name} is missing {', '.join(problems)}; found {found}. Download the missing "
-                         "files from the same GEO record into the folder.")
+                         "files from the same GEO record into the folder (or unpack its GSM..._spatial.tar.gz "
+                         "there).")
     out_dir = Path(out_dir)
     target = out_dir / sample.name
     sources = list(sample.files.values())
@@ -273,7 +279,7 @@ def arrange_sample(sample: FlatSample, out_dir: str | Path, *, move: bool = Fals
         for place, source in sample.files.items():
             if source.name.lower().endswith(".gz") and place.endswith(KEEP_GZIPPED):
                 place += ".gz"
-            _place(source, partial / place)
+            _place(source, partial / place, on_bytes)
         if target.is_symlink() or target.is_file():
             target.unlink()
         elif target.exists():
@@ -320,10 +326,10 @@ def arrange_flat_folder(folder: str | Path, out_dir: str | Path, *, move: bool =
         if is_sample_dir(folder):
             raise ValueError(f"{folder} is a Space Ranger sample folder already; put it in a data folder as it is.")
         samples = find_flat_samples(folder)
-        found = sorted(child.name for child in folder.iterdir())[:20]
     except OSError as error:
         raise ValueError(f"Cannot read {folder}: {error}. Check its permissions.") from error
     if not samples:
+        found = sorted(child.name for child in folder.iterdir())[:20]
         raise ValueError(f"No Space Ranger files in {folder}; found {found}. Expected names such as "
                          f"GSM1_{POSITIONS_V1}.gz, GSM1_{SCALEFACTORS_JSON}.gz and GSM1_{FILTERED_H5}.")
     written, skipped = [], {}
@@ -332,7 +338,8 @@ def arrange_flat_folder(folder: str | Path, out_dir: str | Path, *, move: bool =
             written.append(arrange_sample(sample, out_dir, move=move, overwrite=overwrite))
         except (ValueError, OSError) as error:
             message = str(error) if not isinstance(error, PermissionError) else (
-                f"Cannot write {sample.name} into {out_dir}: {error}. Choose a writable --out folder.")
+                f"Cannot arrange {sample.name}: {error}. Check that the GEO files can be read and that --out "
+                "can be written.")
             logger.warning("%s", message)
             skipped[name] = message
     return written, skipped

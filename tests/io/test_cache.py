@@ -115,6 +115,16 @@ def test_recent_partial_upload_is_kept(cache):
     assert partial.is_dir()
 
 
+def test_reconstruction_being_written_is_kept(cache):
+    temporary = cache / "reconstructions" / ".outs-0123.tmp-999.npz"
+    temporary.write_bytes(b"half written")
+
+    removed, _ = clear_cache(["reconstructions"])
+
+    assert [entry.path.name for entry in removed] == ["outs-0123456789abcdef.npz"]
+    assert temporary.is_file()
+
+
 def test_clear_keeps_symlink_target(cache, tmp_path):
     outside = tmp_path / "my-data"
     outside.mkdir()

@@ -103,11 +103,11 @@ def test_interrupted_arrange_leaves_nothing(flat_folder, tmp_path, monkeypatch):
     calls = []
     place = geo_module._place
 
-    def fail_on_third(source, target):
+    def fail_on_third(source, target, on_bytes=None):
         calls.append(source)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        place(source, target)
+        place(source, target, on_bytes)
 
     monkeypatch.setattr(geo_module, "_place", fail_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -291,3 +291,25 @@ def test_upload_with_damaged_gzip_rejected(flat_folder, tmp_path):
         extract_archive(buffer.getvalue(), tmp_path / "uploads", name="C2.zip")
 
     assert [path for path in (tmp_path / "uploads").iterdir() if not path.name.startswith(".")] == []
+
+
+def test_upload_gzip_counts_against_size_cap(flat_folder, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(flat_folder.glob("GSM9000002_C2*")):
+            archive.write(path, path.name)
+    size = len(buffer.getvalue())  # the archive stores its entries uncompressed; unpacking the gzips adds about 3 MB
+
+    with pytest.raises(ArchiveError, match="STDIFF_UPLOAD_MAX_BYTES"):
+        extract_archive(buffer.getvalue(), tmp_path / "uploads", name="C2.zip", max_total_bytes=size + 1_000_000)
+
+
+def test_unprefixed_and_prefixed_same_name_conflict(flat_folder, tmp_path):
+    flat = _unprefixed(flat_folder, tmp_path / "GSM9000002_C2", "GSM9000002_C2")
+    for path in flat_folder.glob("GSM9000002_C2_*"):
+        shutil.copy(path, flat / path.name)
+
+    written, skipped = arrange_flat_folder(flat, tmp_path / "data")
+
+    assert written == []
+    assert "files with and without the prefix GSM9000002_C2" in skipped["GSM9000002_C2"]
