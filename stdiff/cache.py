@@ -21,12 +21,12 @@ logger = logging.getLogger(__name__)
 
 # Part folder names and their contents. Weights are cleared only when named, because they must be downloaded again.
 CACHE_PARTS = {
-    "uploads": "archives uploaded in the app, unpacked",
-    "tiles": "JPEG tiles of tissue images for the zoomable viewer",
-    "reconstructions": "expression reconstructed in the app",
-    "taef2": "downloaded TAEF2 autoencoder weights",
+    settings.UPLOADS_FOLDER: "archives uploaded in the app, unpacked",
+    settings.TILES_FOLDER: "JPEG tiles of tissue images for the zoomable viewer",
+    settings.RECONSTRUCTIONS_FOLDER: "expression reconstructed in the app",
+    settings.TAEF2_FOLDER: "downloaded TAEF2 autoencoder weights",
 }
-DEFAULT_CLEAR = ("uploads", "tiles", "reconstructions")
+DEFAULT_CLEAR = (settings.UPLOADS_FOLDER, settings.TILES_FOLDER, settings.RECONSTRUCTIONS_FOLDER)
 # Entries whose name starts with "." are work in progress (an upload being unpacked, a reconstruction being
 # written); younger than this, a running app may still be writing them.
 IN_PROGRESS_GRACE_SECONDS = 3600

@@ -96,9 +96,26 @@ def upload_max_files() -> int:
     return _positive_int_from_env("STDIFF_UPLOAD_MAX_FILES", UPLOAD_MAX_FILES_DEFAULT)
 
 
+# Subfolders of the cache folder; `stdiff cache` lists and clears each.
+UPLOADS_FOLDER = "uploads"
+TILES_FOLDER = "tiles"
+RECONSTRUCTIONS_FOLDER = "reconstructions"
+TAEF2_FOLDER = "taef2"
+
+
 def uploads_dir() -> Path:
     """Return the folder that uploaded archives are unpacked into, one subfolder per content hash."""
-    return cache_dir() / "uploads"
+    return cache_dir() / UPLOADS_FOLDER
+
+
+def tiles_dir() -> Path:
+    """Return the folder of the tissue viewer's JPEG tiles, one subfolder per image."""
+    return cache_dir() / TILES_FOLDER
+
+
+def reconstructions_dir() -> Path:
+    """Return the folder of reconstructions made in the app for models that ship none for a sample."""
+    return cache_dir() / RECONSTRUCTIONS_FOLDER
 
 
 def runs_dir() -> Path:

@@ -85,7 +85,7 @@ def reconstruction_path(model_dir: str, sample_dir: str) -> Path:
     if shipped.is_file():
         return shipped
     key = hashlib.sha256(f"{Path(model_dir).resolve()}|{Path(sample_dir).resolve()}".encode()).hexdigest()[:16]
-    return settings.cache_dir() / "reconstructions" / f"{Path(sample_dir).name}-{key}.npz"
+    return settings.reconstructions_dir() / f"{Path(sample_dir).name}-{key}.npz"
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -43,7 +43,7 @@ def tile_pyramid(sample_dir: str, stored_only: bool = False):
         margin = spot_diameter(adata)[0]
         return TilePyramid(BlankImage(int(xy[:, 0].max() + margin) + 1, int(xy[:, 1].max() + margin) + 1))
     image = open_tissue_image(adata, stored_only=stored_only)
-    return TilePyramid(image, settings.cache_dir() / "tiles")
+    return TilePyramid(image, settings.tiles_dir())
 
 
 class BlankImage:

@@ -132,7 +132,7 @@ def _default_folder() -> Path:
     local = settings.weights_dir()
     if local is not None and (local / "taef2").is_dir():
         return local / "taef2"
-    return settings.cache_dir() / "taef2"
+    return settings.cache_dir() / settings.TAEF2_FOLDER
 
 
 def _resolve_weights(folder: Path, file_name: str) -> Path:
