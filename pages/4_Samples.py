@@ -12,8 +12,8 @@ from stdiff import settings
 from stdiff.cache import cache_entries, clear_cache, summary_rows
 from stdiff.constants import SPATIAL_KEY
 from stdiff.expression import total_counts
-from stdiff.units import format_bytes
 from stdiff.io.images import read_image_size
+from stdiff.units import format_bytes
 from stdiff_app.loaders import list_sample_folders, load_sample
 from stdiff_app.sidebar import choose_sample_and_model
 

@@ -27,8 +27,8 @@ CACHE_PARTS = {
     settings.TAEF2_FOLDER: "downloaded TAEF2 autoencoder weights",
 }
 DEFAULT_CLEAR = (settings.UPLOADS_FOLDER, settings.TILES_FOLDER, settings.RECONSTRUCTIONS_FOLDER)
-# Entries whose name starts with "." are work in progress (an upload being unpacked, a reconstruction being
-# written); younger than this, a running app may still be writing them.
+# Entries whose name starts with "." are work in progress, such as an upload being unpacked or a reconstruction
+# being written. A running app may still be writing those younger than this.
 IN_PROGRESS_GRACE_SECONDS = 3600
 
 

@@ -8,8 +8,8 @@ Methods compared on every evaluated spot:
 ``stdiff``
     Patches generated from the spot's expression (metrics averaged over the patches of a spot).
 ``random_train_patch``
-    A training patch drawn at random, :data:`RANDOM_DRAWS` seeded draws per spot; metrics are averaged over the
-    draws as they are over the generated patches of a spot.
+    A training patch drawn at random, with :data:`RANDOM_DRAWS` seeded draws per spot. Metrics are averaged over
+    the draws as they are over the generated patches of a spot.
 ``nearest_expression_patch``
     The training patch whose log1p expression is nearest (Euclidean) to the spot's.
 ``clip_retrieval``
@@ -118,8 +118,8 @@ def retrieval_ranks(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def retrieval_summary(ranks: np.ndarray, n_targets: int | None = None) -> dict:
     """Return top-1 and top-5 accuracy and median rank, with the chance level of top-5 for comparison.
 
-    ``n_targets`` is the number of patches each query ranks (default: one per rank, as when every spot queries
-    once); ranks of several queries per spot are pooled.
+    ``n_targets`` is the number of patches each query ranks. It defaults to one per rank, as when every spot
+    queries once. Ranks of several queries per spot are pooled.
     """
     n = len(ranks) if n_targets is None else n_targets
     return {"top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),

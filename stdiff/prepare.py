@@ -151,8 +151,8 @@ def prepare(run_dir: str | Path, config: PrepareConfig, *, overwrite: bool = Fal
     Returns
     -------
     dict
-        Per-part summary: spots read, spots kept, spots dropped by ``min_counts``, image source; for the parts
-        of a blocked sample also the sample and the number of training, evaluation and gap spots.
+        Per-part summary: spots read, spots kept, spots dropped by ``min_counts`` and the image source. The
+        parts of a blocked sample also name the sample and count its training, evaluation and gap spots.
     """
     run_dir = Path(run_dir)
     path = run_dir / PREPARE_NAME

@@ -26,7 +26,7 @@ JPEG_QUALITY = 90
 class TilePyramid:
     """Tiles of ``image`` (a :class:`stdiff.io.TissueImage`), cached as JPEG files under ``cache_dir``.
 
-    ``key`` names the image in the cache; by default it is made from the image file's path, size and
+    ``key`` names the image in the cache. By default it is made from the image file's path, size and
     modification time, so an edited image gets new tiles. Without a cache folder, or for an image held in
     memory (no file) without a ``key``, tiles stay in memory.
     """

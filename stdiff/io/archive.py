@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from stdiff import settings
-from stdiff.units import format_bytes
 from stdiff.io.geo import arrange_sample, find_flat_samples
 from stdiff.io.visium import is_sample_dir
+from stdiff.units import format_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -161,8 +161,8 @@ def test_every_broken_folder_in_app(tmp_path, shared_data_dir, shared_weights_di
             assert len(app.error) == 1, name
             assert name in app.error[0].value, name
         else:
-            # The sample reads with a warning; only patches can still fail (an image whose header lies about its
-            # size), and then the patch grid shows a plain message.
+            # The sample reads with a warning. Only patches can still fail, for an image whose header lies about
+            # its size, and then the patch grid shows a plain message.
             assert all(error.value.startswith("Could not cut patches") for error in app.error), name
             assert app.title[0].value == "Tissue", name
         app.sidebar.selectbox(key="sidebar_sample").select("0-good").run()
